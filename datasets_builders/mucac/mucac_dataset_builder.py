@@ -1,0 +1,214 @@
+"""MUCAC: Machine Unlearning for Celebrity Attribute Classifier (Choi & Na, 2023).
+
+Built from CelebA-HQ in the manual directory: the images `CelebA-HQ-img/N.jpg`
+(1024x1024, resized here to 128x128 as torchvision's `Resize(128)` does) and the
+two text files `CelebA-HQ-identity.txt` and `CelebA-HQ-attribute.txt`. Splits
+follow the identity number (SPEC §2.2): test < 190 <= forget < 1250 <= retain
+< 4855 <= unseen. Configs: `multilabel` (label = [gender, smiling, young], each
+0/1) and one binary task per attribute (`gender`, `smiling`, `young`).
+
+`read_metadata` and `split_by_identity` are pure functions of the two text
+files, so splits and labels can be checked without the images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from mufax.data import face_builder
+from mufax.data import images
+from mufax.data.errors import DataError
+
+IDENTITY_FILE = 'CelebA-HQ-identity.txt'
+ATTRIBUTE_FILE = 'CelebA-HQ-attribute.txt'
+IMAGE_DIR = 'CelebA-HQ-img'
+IMAGE_SIZE = 128
+# Task name -> CelebA attribute; the reference reads tokens 21, 32 and 40 of a
+# row whose token 0 is the file name.
+TASKS = {'gender': 'Male', 'smiling': 'Smiling', 'young': 'Young'}
+ATTRIBUTE_POSITIONS = {'Male': 20, 'Smiling': 31, 'Young': 39}
+NUM_ATTRIBUTES = 40
+CLASS_NAMES = {'gender': ('female', 'male'),
+               'smiling': ('not_smiling', 'smiling'),
+               'young': ('not_young', 'young')}
+# Lowest identity number of each split after `test` (SPEC §2.2).
+SPLIT_STARTS = (('forget', 190), ('retain', 1250), ('unseen', 4855))
+
+_INSTRUCTIONS = f"""
+Put CelebA-HQ into the manual directory: the folder `{IMAGE_DIR}/` with the
+30,000 images `0.jpg` .. `29999.jpg`, and the files `{IDENTITY_FILE}` and
+`{ATTRIBUTE_FILE}`. The images are the CelebAMask-HQ release
+(https://github.com/switchablenorms/CelebAMask-HQ); the identity file comes
+with the reference code (https://github.com/ndb796/MachineUnlearning).
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class MucacRow:
+  file_name: str
+  identity: int
+  attributes: tuple[int, int, int]  # gender, smiling, young as 0/1.
+  origin: str
+
+
+def read_metadata(identity_text: str, attribute_text: str, *,
+                  identity_origin: str = IDENTITY_FILE,
+                  attribute_origin: str = ATTRIBUTE_FILE) -> list[MucacRow]:
+  """Joins the identity and attribute files; rows in identity-file order."""
+  identities = {}
+  for line_no, line in enumerate(identity_text.splitlines(), start=1):
+    if not line.strip():
+      continue
+    tokens = line.split()
+    if len(tokens) != 2 or not tokens[1].isdigit():
+      raise DataError(
+          f'{identity_origin} line {line_no}: expected "FILE IDENTITY" (e.g. '
+          f'"0.jpg 0"), got {line.strip()!r}. Correct or delete the line.')
+    if tokens[0] in identities:
+      raise DataError(f'{identity_origin} line {line_no}: {tokens[0]} is listed '
+                      'twice. Delete one of the lines.')
+    identities[tokens[0]] = (int(tokens[1]), line_no)
+
+  lines = attribute_text.splitlines()
+  if len(lines) < 2:
+    raise DataError(f'{attribute_origin} is too short: it needs a count line, '
+                    'a line of attribute names and one row per image.')
+  names = lines[1].split()
+  for attribute, position in ATTRIBUTE_POSITIONS.items():
+    if len(names) != NUM_ATTRIBUTES or names[position] != attribute:
+      raise DataError(
+          f'{attribute_origin} line 2: expected {NUM_ATTRIBUTES} attribute '
+          f'names with {attribute!r} as name {position + 1}, got '
+          f'{len(names)} names. Use the CelebA-HQ attribute file as released.')
+  attributes = {}
+  for line_no, line in enumerate(lines[2:], start=3):
+    tokens = line.split()
+    if not tokens:
+      continue
+    if len(tokens) != NUM_ATTRIBUTES + 1:
+      raise DataError(
+          f'{attribute_origin} line {line_no}: expected a file name and '
+          f'{NUM_ATTRIBUTES} values, got {len(tokens)} tokens. Correct or '
+          'delete the line.')
+    values = []
+    for task, attribute in TASKS.items():
+      value = tokens[ATTRIBUTE_POSITIONS[attribute] + 1]
+      if value not in ('1', '-1'):
+        raise DataError(
+            f'{attribute_origin} line {line_no}: {attribute} is {value!r}; '
+            'attribute values must be 1 or -1. Correct the value.')
+      values.append(int(value == '1'))
+    attributes[tokens[0]] = (tuple(values), line_no)
+  declared = lines[0].strip()
+  if declared.isdigit() and int(declared) != len(attributes):
+    raise DataError(f'{attribute_origin} line 1 declares {declared} rows but '
+                    f'the file has {len(attributes)}. Use the complete file.')
+
+  rows = []
+  for file_name, (identity, line_no) in identities.items():
+    if file_name not in attributes:
+      raise DataError(
+          f'{identity_origin} line {line_no} lists {file_name}, which has no '
+          f'row in {attribute_origin}. Use matching releases of both files.')
+    rows.append(MucacRow(file_name, identity, attributes[file_name][0],
+                         f'{identity_origin} line {line_no}'))
+  extra = sorted(set(attributes) - set(identities))
+  if extra:
+    raise DataError(
+        f'{attribute_origin} line {attributes[extra[0]][1]} lists {extra[0]} '
+        f'(and {len(extra) - 1} more), which {identity_origin} does not list. '
+        'Use matching releases of both files.')
+  return rows
+
+
+def split_of(identity: int) -> str:
+  split = 'test'
+  for name, start in SPLIT_STARTS:
+    if identity >= start:
+      split = name
+  return split
+
+
+def split_by_identity(rows: list[MucacRow]) -> dict[str, list[MucacRow]]:
+  """test / forget / retain / unseen by identity number, plus train."""
+  index = {'test': [], 'forget': [], 'retain': [], 'unseen': []}
+  for row in rows:
+    index[split_of(row.identity)].append(row)
+  index['train'] = [r for r in rows if split_of(r.identity) in ('forget',
+                                                                 'retain')]
+  return index
+
+
+@dataclasses.dataclass(eq=False)
+class MucacConfig(tfds.core.BuilderConfig):
+  task: str = 'multilabel'  # Or one of TASKS.
+
+
+class Mucac(face_builder.FaceDatasetBuilder):
+  """MUCAC celebrity attribute classification with identity-keyed splits."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
+  BUILDER_CONFIGS = [
+      MucacConfig(name='multilabel', task='multilabel', description=(
+          'Three binary labels: gender (male), smiling, young.'))
+  ] + [MucacConfig(name=task, task=task, description=(
+      f'Binary {task} ({TASKS[task]}) classification.')) for task in TASKS]
+
+  def _label_feature(self):
+    task = self.builder_config.task
+    if task == 'multilabel':
+      return tfds.features.Tensor(shape=(len(TASKS),), dtype=np.int64)
+    return tfds.features.ClassLabel(names=CLASS_NAMES[task])
+
+  def label_names(self):
+    if self.builder_config.task == 'multilabel':
+      return list(TASKS)
+    return super().label_names()
+
+  def _image_size(self):
+    return IMAGE_SIZE
+
+  def _forget_retain_disjoint(self):
+    return True
+
+  def _read_index(self, dl_manager):
+    manual_dir = self._manual_dir(dl_manager)
+    texts = {}
+    for name in (IDENTITY_FILE, ATTRIBUTE_FILE):
+      path = os.path.join(manual_dir, name)
+      if not os.path.isfile(path):
+        raise DataError(f'{path} is missing.' + _INSTRUCTIONS)
+      with open(path, encoding='utf-8') as f:
+        texts[name] = f.read()
+    rows = read_metadata(
+        texts[IDENTITY_FILE], texts[ATTRIBUTE_FILE],
+        identity_origin=os.path.join(manual_dir, IDENTITY_FILE),
+        attribute_origin=os.path.join(manual_dir, ATTRIBUTE_FILE))
+    self._image_dir = os.path.join(manual_dir, IMAGE_DIR)
+    absent = [r for r in rows
+              if not os.path.isfile(os.path.join(self._image_dir, r.file_name))]
+    if absent:
+      raise DataError(
+          f'{os.path.join(self._image_dir, absent[0].file_name)}, listed in '
+          f'{absent[0].origin}, is missing ({len(absent)} of {len(rows)} '
+          'listed images are).' + _INSTRUCTIONS)
+    task = self.builder_config.task
+    label_of = ((lambda a: a) if task == 'multilabel' else
+                (lambda a: a[list(TASKS).index(task)]))
+    return {split: [face_builder.FaceRecord(
+        file_name=f'{IMAGE_DIR}/{r.file_name}', identity=str(r.identity),
+        label=label_of(r.attributes), origin=r.origin) for r in split_rows]
+            for split, split_rows in split_by_identity(rows).items()}
+
+  def _image(self, record):
+    path = os.path.join(os.path.dirname(self._image_dir), record.file_name)
+    where = f'{path} ({record.origin})'
+    with open(path, 'rb') as f:
+      image = images.decode_rgb(f.read(), where=where)
+    return images.resize_square(image, IMAGE_SIZE, where=where)

@@ -1,0 +1,1 @@
+"""mufax: a JAX/Flax machine-unlearning benchmark for face recognition models."""

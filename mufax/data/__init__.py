@@ -1,0 +1,1 @@
+"""Datasets of the benchmark: shared schema, validation, preparation and audit."""

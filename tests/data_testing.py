@@ -1,0 +1,44 @@
+"""Shared helpers of the data tests: fixture paths and the reference data."""
+
+import os
+import shutil
+import unittest
+
+import tensorflow_datasets as tfds
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures')
+# `.ci/run` points this at ../shared/data; tests that need it skip without it.
+SHARED_DATA_ENV = 'MUFAX_SHARED_DATA'
+
+
+def shared_data(subdir: str) -> str:
+  root = os.environ.get(SHARED_DATA_ENV)
+  if not root:
+    raise unittest.SkipTest(
+        f'Set {SHARED_DATA_ENV} to the reference data folder (../shared/data) '
+        'to run the tests on real data.')
+  path = os.path.join(root, subdir)
+  if not os.path.isdir(path):
+    raise unittest.SkipTest(f'{path} (from ${SHARED_DATA_ENV}) does not exist.')
+  return path
+
+
+def copy_fixture(name: str, destination: str) -> str:
+  """A writable copy of fixture `name`, to corrupt in a test."""
+  target = os.path.join(destination, name)
+  shutil.copytree(os.path.join(FIXTURES, name), target)
+  return target
+
+
+def build(builder, manual_dir):
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return builder
+
+
+def read_split(builder, split, *keys):
+  """Values of `keys` of every example of `split`, in stored order."""
+  source = builder.as_data_source(split)
+  records = source.__getitems__(list(range(len(source))))
+  return [tuple(r[k].decode() if isinstance(r[k], bytes) else r[k]
+                for k in keys) for r in records]
