@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from mufax import input_pipeline
+
 # Distance <= 4 of 64 bits is the usual pHash cut for "same picture, re-encoded
 # or slightly edited"; different photos of one person sit well above it.
 DEFAULT_MAX_DISTANCE = 4
@@ -106,14 +108,14 @@ def audit(builder, *, max_distance: int = DEFAULT_MAX_DISTANCE
   files, identities, hashes = {}, {}, {}
   for split in AUDITED_SPLITS:
     source = builder.as_data_source(split)
-    hashed, files[split], identities[split] = [], [], []
-    for start in range(0, len(source), 512):  # Bounded memory on big splits.
-      records = source.__getitems__(
-          list(range(start, min(start + 512, len(source)))))
-      hashed.append(perceptual_hash([r['image'] for r in records]))
-      files[split] += [r['file_name'].decode() for r in records]
-      identities[split] += [r['identity'].decode() for r in records]
-    hashes[split] = np.concatenate(hashed) if hashed else np.zeros(0, np.uint64)
+    hashed, files[split], identities[split] = [np.zeros(0, np.uint64)], [], []
+    for start in range(0, len(source), 1024):  # Memory bounded by one chunk.
+      chunk = input_pipeline.read_split(
+          source, np.arange(start, min(start + 1024, len(source))))
+      hashed.append(perceptual_hash(chunk['image']))
+      files[split] += chunk['file_name'].tolist()
+      identities[split] += chunk['identity'].tolist()
+    hashes[split] = np.concatenate(hashed)
   return (near_duplicate_pairs(hashes, max_distance=max_distance), files,
           identities)
 

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 import datasets_builders  # pylint: disable=unused-import  # Registers builders.
+from mufax import input_pipeline
 from mufax.data import splits as splits_lib
 from mufax.data.errors import DataError
 from mufax.data.face_builder import FaceDatasetBuilder
@@ -63,22 +64,16 @@ def prepare(dataset: str, *, data_dir: str,
   return builder
 
 
-def read_metadata(builder: FaceDatasetBuilder, split: str) -> dict[str, np.ndarray]:
-  """`label` and `identity` of every example of `split`, without decoding images."""
-  source = builder.as_data_source(
-      split, decoders={'image': tfds.decode.SkipDecoding()})
-  records = source.__getitems__(list(range(len(source))))
-  return {'label': np.asarray([r['label'] for r in records]),
-          'identity': np.asarray([r['identity'].decode() for r in records])}
-
-
 def describe(builder: FaceDatasetBuilder) -> dict:
   """Images, identities and class counts per split, and identity overlaps."""
   label = builder.info.features['label']
   multilabel = not isinstance(label, tfds.features.ClassLabel)
   stats, identities = {}, {}
   for split in splits_lib.SPLITS:
-    meta = read_metadata(builder, split)
+    meta = input_pipeline.read_split(
+        builder.as_data_source(
+            split, decoders={'image': tfds.decode.SkipDecoding()}),
+        images=False)
     identities[split] = meta['identity']
     if multilabel:  # Positives per attribute.
       counts = meta['label'].reshape(-1, label.shape[0]).sum(axis=0)
