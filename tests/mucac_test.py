@@ -104,6 +104,13 @@ class MucacFixtureTest(absltest.TestCase):
     np.testing.assert_allclose(record['image'][16::32, 16::32],
                                source[20::40, 20::40], atol=12)
 
+  def test_reads_the_reference_notebooks_layout(self):
+    nested = os.path.join(self.tmp, 'nested')
+    os.makedirs(nested)
+    os.rename(self.manual, os.path.join(nested, mucac.RELEASE_DIR))
+    builder = data_testing.build(self.builder('smiling'), nested)
+    self.assertEqual(builder.info.splits['train'].num_examples, 7)
+
   def test_wrong_attribute_columns(self):
     self.edit(mucac.ATTRIBUTE_FILE,
               lambda lines: [lines[0], lines[1].replace('Male', 'Female')]

@@ -34,8 +34,11 @@ class PrepareTest(absltest.TestCase):
       prepare.get_builder('mufac/tidy', data_dir=self.create_tempdir().full_path)
 
   def test_missing_manual_dir(self):
-    with self.assertRaisesRegex(DataError, 'needs its source files'):
-      prepare.prepare('mufac/paper', data_dir=self.create_tempdir().full_path,
+    data_dir = self.create_tempdir().full_path
+    with self.assertRaisesRegex(DataError, 'pass their folder as --manual_dir'):
+      prepare.prepare('mufac/paper', data_dir=data_dir)
+    with self.assertRaisesRegex(DataError, '/nonexistent/mufac does not exist'):
+      prepare.prepare('mufac/paper', data_dir=data_dir,
                       manual_dir='/nonexistent/mufac')
 
   def test_cli_reports_counts_as_json_on_its_last_line(self):

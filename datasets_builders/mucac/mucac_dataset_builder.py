@@ -26,6 +26,8 @@ from mufax.data.errors import DataError
 IDENTITY_FILE = 'CelebA-HQ-identity.txt'
 ATTRIBUTE_FILE = 'CelebA-HQ-attribute.txt'
 IMAGE_DIR = 'CelebA-HQ-img'
+# The folder the reference notebooks read the three from, if present.
+RELEASE_DIR = 'CelebAMask-HQ'
 IMAGE_SIZE = 128
 # Task name -> CelebA attribute; the reference reads tokens 21, 32 and 40 of a
 # row whose token 0 is the file name.
@@ -39,11 +41,12 @@ CLASS_NAMES = {'gender': ('female', 'male'),
 SPLIT_STARTS = (('forget', 190), ('retain', 1250), ('unseen', 4855))
 
 _INSTRUCTIONS = f"""
-Put CelebA-HQ into the manual directory: the folder `{IMAGE_DIR}/` with the
-30,000 images `0.jpg` .. `29999.jpg`, and the files `{IDENTITY_FILE}` and
-`{ATTRIBUTE_FILE}`. The images are the CelebAMask-HQ release
-(https://github.com/switchablenorms/CelebAMask-HQ); the identity file comes
-with the reference code (https://github.com/ndb796/MachineUnlearning).
+Put CelebA-HQ into the manual directory, or into its subfolder `{RELEASE_DIR}/`
+as the reference notebooks do: the folder `{IMAGE_DIR}/` with the 30,000
+images `0.jpg` .. `29999.jpg` (from the CelebAMask-HQ release,
+https://github.com/switchablenorms/CelebAMask-HQ), and the files
+`{IDENTITY_FILE}` and `{ATTRIBUTE_FILE}` that the MUCAC benchmark
+(https://github.com/ndb796/MachineUnlearning) reads.
 """
 
 
@@ -179,6 +182,8 @@ class Mucac(face_builder.FaceDatasetBuilder):
 
   def _read_index(self, dl_manager):
     manual_dir = self._manual_dir(dl_manager)
+    if os.path.isdir(os.path.join(manual_dir, RELEASE_DIR)):
+      manual_dir = os.path.join(manual_dir, RELEASE_DIR)
     texts = {}
     for name in (IDENTITY_FILE, ATTRIBUTE_FILE):
       path = os.path.join(manual_dir, name)

@@ -53,12 +53,13 @@ def prepare(dataset: str, *, data_dir: str,
   builder = get_builder(dataset, data_dir=data_dir)
   if builder.is_prepared():
     return builder
-  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and (
-      not manual_dir or not os.path.isdir(manual_dir)):
+  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and not manual_dir:
     raise DataError(
-        f'Building {dataset} needs its source files in a manual directory '
-        f'(--manual_dir), and {manual_dir!r} is not a directory.'
-        + builder.MANUAL_DOWNLOAD_INSTRUCTIONS)
+        f'Building {dataset} needs its source files: pass their folder as '
+        '--manual_dir.' + builder.MANUAL_DOWNLOAD_INSTRUCTIONS)
+  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and not os.path.isdir(manual_dir):
+    raise DataError(f'The manual directory {manual_dir} does not exist.'
+                    + builder.MANUAL_DOWNLOAD_INSTRUCTIONS)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder
