@@ -7,7 +7,7 @@ on both sides of a split boundary inflates test accuracy or blurs the MIA.
       --manual_dir=../shared/data/mufac --data_dir=/tmp/tfds --out=pairs.csv
 
 prints, per split pair (within and across), the number of near-duplicate image
-pairs and how many of them join two different people, and writes every pair to
+pairs and how many of them join two different identities, and writes every pair to
 a CSV. The last line of standard output is the same summary as JSON.
 """
 
@@ -149,9 +149,9 @@ def main(argv):
   summary = summarize(pairs, identities)
   print(f'Near-duplicate pairs (pHash distance <= {flags_.max_distance}) of '
         f'{flags_.dataset}; written to {out}')
-  print(f'{"splits":>15} {"pairs":>7} {"different people":>17}')
+  print(f'{"splits":>15} {"pairs":>7} {"of two identities":>18}')
   for key, entry in summary.items():
-    print(f'{key:>15} {entry["pairs"]:7d} {entry["different_identity"]:17d}')
+    print(f'{key:>15} {entry["pairs"]:7d} {entry["different_identity"]:18d}')
   print(json.dumps({'dataset': flags_.dataset, 'max_distance':
                     flags_.max_distance, 'csv': out, 'pairs': summary}))
 
