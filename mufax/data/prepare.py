@@ -21,7 +21,7 @@ from absl import flags
 import numpy as np
 import tensorflow_datasets as tfds
 
-import datasets_builders  # pylint: disable=unused-import  # Registers builders.
+import datasets_builders
 from mufax import input_pipeline
 from mufax.data import splits as splits_lib
 from mufax.data.errors import DataError
@@ -35,7 +35,7 @@ def dataset_names() -> list[str]:
   """Every `name/config` the benchmark's builders provide."""
   return sorted(
       f'{cls.name}/{config.name}'
-      for cls in FaceDatasetBuilder.__subclasses__()
+      for cls in datasets_builders.BUILDERS
       for config in cls.BUILDER_CONFIGS)
 
 
