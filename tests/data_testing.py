@@ -6,6 +6,8 @@ import unittest
 
 import tensorflow_datasets as tfds
 
+from mufax import input_pipeline
+
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures')
 # `.ci/run` points this at ../shared/data; tests that need it skip without it.
 SHARED_DATA_ENV = 'MUFAX_SHARED_DATA'
@@ -38,7 +40,5 @@ def build(builder, manual_dir):
 
 def read_split(builder, split, *keys):
   """Values of `keys` of every example of `split`, in stored order."""
-  source = builder.as_data_source(split)
-  records = source.__getitems__(list(range(len(source))))
-  return [tuple(r[k].decode() if isinstance(r[k], bytes) else r[k]
-                for k in keys) for r in records]
+  data = input_pipeline.read_split(builder.as_data_source(split))
+  return list(zip(*(data[k].tolist() for k in keys)))
