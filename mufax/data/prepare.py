@@ -51,18 +51,25 @@ def prepare(dataset: str, *, data_dir: str,
             manual_dir: str | None = None) -> FaceDatasetBuilder:
   """Returns the builder of `dataset`, building it first if it is not built."""
   builder = get_builder(dataset, data_dir=data_dir)
+  ensure_built(builder, manual_dir=manual_dir)
+  return builder
+
+
+def ensure_built(builder: FaceDatasetBuilder, *,
+                 manual_dir: str | None = None) -> None:
+  """Builds `builder`'s dataset unless it is already built."""
   if builder.is_prepared():
-    return builder
+    return
   if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and not manual_dir:
     raise DataError(
-        f'Building {dataset} needs its source files: pass their folder as '
-        '--manual_dir.' + builder.MANUAL_DOWNLOAD_INSTRUCTIONS)
+        f'Building {builder.info.full_name.rsplit("/", 1)[0]} needs its source '
+        'files: pass their folder as --manual_dir.'
+        + builder.MANUAL_DOWNLOAD_INSTRUCTIONS)
   if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and not os.path.isdir(manual_dir):
     raise DataError(f'The manual directory {manual_dir} does not exist.'
                     + builder.MANUAL_DOWNLOAD_INSTRUCTIONS)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-  return builder
 
 
 def describe(builder: FaceDatasetBuilder) -> dict:
@@ -114,8 +121,7 @@ def main(argv):
   try:
     builder = get_builder(FLAGS.dataset, data_dir=FLAGS.data_dir)
     built_now = not builder.is_prepared()
-    builder = prepare(FLAGS.dataset, data_dir=FLAGS.data_dir,
-                      manual_dir=FLAGS.manual_dir)
+    ensure_built(builder, manual_dir=FLAGS.manual_dir)
     build_seconds = time.perf_counter() - start
     summary = describe(builder)
   except DataError as e:
