@@ -255,6 +255,10 @@ class SyntheticFaces(face_builder.FaceDatasetBuilder):
     m = config.images_per_identity
     self._people, self._shots = draw(config)
     self._rendered = (None, None)
+    # file name -> (person, image of that person), for `_image`.
+    self._drawn_as = {f'S{p + 1:04d}_P_{k:02d}.png': (p, k)
+                      for p in range(len(self._people['skin']))
+                      for k in range(m)}
     index, first = {}, 0
     for split in SPLIT_ORDER:
       index[split] = [
@@ -270,8 +274,8 @@ class SyntheticFaces(face_builder.FaceDatasetBuilder):
     return index
 
   def _image(self, record):
-    person = int(record.identity[1:5]) - 1
+    person, k = self._drawn_as[record.file_name]
     if self._rendered[0] != person:  # Splits list a person's images together.
       self._rendered = (person, render_person(
           self.builder_config, self._people, self._shots, person))
-    return Image.fromarray(self._rendered[1][int(record.file_name[-6:-4])])
+    return Image.fromarray(self._rendered[1][k])
