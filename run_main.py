@@ -1,48 +1,49 @@
 r"""Runs the benchmark as a config describes it.
 
   python run_main.py --config=configs/quickstart.py [--workdir=DIR]
-      [--config.data.dataset=mufac/paper --config.data.manual_dir=DIR]
+  python run_main.py --config=configs/mufac_original.py \
+      --config.data.manual_dir=../shared/data/mufac --config.original.epochs=3
 
-Today it prepares the config's dataset (building it if needed) and reports its
-splits; the JSON report also goes to DIR/data.json.
+Prepares the config's dataset if needed, trains (or reuses) the models the
+config names, evaluates them and writes results.json, results.md and
+losses/<model>.npz to the workdir (default: results/<config file name>).
 """
 
-import json
 import os
 import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
-from mufax.data import prepare
+from mufax import experiment
 from mufax.data.errors import DataError
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/quickstart.py.',
     lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where results are written.')
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Where checkpoints and results go; default '
+    'results/<config file name>.')
 flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  # Orbax reports every checkpoint step at INFO; progress lines are printed.
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  workdir = _WORKDIR.value or os.path.join(
+      'results', os.path.splitext(os.path.basename(
+          flags.FLAGS['config'].config_filename))[0])
   try:
-    builder = prepare.prepare(
-        config.data.dataset,
-        data_dir=config.data.data_dir or prepare.DEFAULT_DATA_DIR,
-        manual_dir=config.data.manual_dir or None)
-    summary = prepare.describe(builder)
-  except DataError as e:
+    records = experiment.run(_CONFIG.value, workdir)
+  except (DataError, experiment.ConfigError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  print(prepare.format_splits(summary))
-  if _WORKDIR.value:
-    os.makedirs(_WORKDIR.value, exist_ok=True)
-    with open(os.path.join(_WORKDIR.value, 'data.json'), 'w') as f:
-      json.dump(summary, f, indent=1)
-  print(json.dumps(summary))
+  print(experiment.format_table(records))
+  print(f'results in {workdir}/results.json and results.md')
 
 
 if __name__ == '__main__':

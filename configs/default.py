@@ -1,6 +1,19 @@
 """Base config of every run; variants import it and override fields."""
 
 import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def recipe_overrides() -> ml_collections.ConfigDict:
+  """Fields of a training recipe; None keeps SPEC §4's value for the dataset."""
+  return ml_collections.ConfigDict({
+      'learning_rate': placeholder(float),
+      'momentum': placeholder(float),
+      'epochs': placeholder(int),
+      # Epochs at whose start the learning rate drops by 10x.
+      'decay_epochs': placeholder(tuple),
+      'batch_size': placeholder(int),
+  })
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -12,5 +25,21 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.data_dir = ''
   # Folder with the source files of datasets that need them (MUFAC, MUCAC).
   config.data.manual_dir = ''
+  # Train and evaluate at this size (resized on the device); 0: as stored.
+  config.data.image_size = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'resnet18'  # or resnet_tiny
+  config.model.num_filters = 0  # 0: the model's own width (64 for ResNet-18)
+  config.model.dtype = 'float32'  # bfloat16: mixed precision
+
+  # Comma-separated models to train and evaluate: original, retrain.
+  config.models = 'original,retrain'
+  config.original = recipe_overrides()
+  config.retrain = recipe_overrides()
+
+  config.protocol = 'paper'  # or clean (SPEC §8)
+  config.lam = 0.5  # NoMUS weight λ of accuracy
   config.seed = 42
+  config.log_every_s = 30.0
   return config

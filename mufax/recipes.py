@@ -1,0 +1,35 @@
+"""SPEC §4: how the original and the retrained models are trained, per task.
+
+Configs copy these values into `config.original` and `config.retrain`, where
+the command line can override each of them.
+"""
+
+from __future__ import annotations
+
+_MUFAC = {'learning_rate': 0.01, 'momentum': 0.9, 'epochs': 30,
+          'decay_epochs': (10, 20), 'batch_size': 64}
+
+RECIPES = {
+    'mufac': {'original': _MUFAC, 'retrain': _MUFAC},
+    'multilabel': {
+        'original': {'learning_rate': 0.01, 'momentum': 0.0, 'epochs': 8,
+                     'decay_epochs': (), 'batch_size': 64},
+        'retrain': {'learning_rate': 0.01, 'momentum': 0.0, 'epochs': 7,
+                    'decay_epochs': (), 'batch_size': 64},
+    },
+    'binary': {
+        'original': {'learning_rate': 0.01, 'momentum': 0.9, 'epochs': 10,
+                     'decay_epochs': (), 'batch_size': 64},
+        'retrain': {'learning_rate': 0.001, 'momentum': 0.0, 'epochs': 10,
+                    'decay_epochs': (), 'batch_size': 64},
+    },
+}
+
+
+def task_of(dataset: str) -> str:
+  """The SPEC §4 row of a dataset name: mufac, multilabel or binary."""
+  family, _, config = dataset.partition('/')
+  if family == 'mucac':
+    return 'multilabel' if config in ('', 'multilabel') else 'binary'
+  # MUFAC, and the synthetic stand-in for it, classify age groups.
+  return 'mufac'
