@@ -137,6 +137,24 @@ class TorchEquivalenceTest(parameterized.TestCase):
       models.from_torch_state_dict(
           {**state_dict, 'extra.weight': np.zeros(1)}, variables)
 
+  def test_bfloat16_computes_in_bf16_and_keeps_float32_state(self):
+    variables = models.init_variables(models.ResNetTiny(num_outputs=3),
+                                      jax.random.key(0), 32)
+    images = jnp.asarray(
+        np.random.default_rng(0).random((4, 32, 32, 3), np.float32))
+    full = models.ResNetTiny(num_outputs=3).apply(variables, images,
+                                                   train=False)
+    mixed_model = models.ResNetTiny(num_outputs=3, dtype=jnp.bfloat16)
+    mixed, updates = mixed_model.apply(variables, images, train=True,
+                                       mutable=['batch_stats'])
+    self.assertEqual(mixed.dtype, jnp.float32)
+    self.assertEqual(
+        {x.dtype for x in jax.tree_util.tree_leaves(updates)},
+        {np.dtype(np.float32)})
+    eval_mixed = mixed_model.apply(variables, images, train=False)
+    np.testing.assert_allclose(eval_mixed, full, atol=0.05, rtol=0.05)
+    self.assertFalse(np.array_equal(np.asarray(eval_mixed), np.asarray(full)))
+
   def test_initialisation_follows_torchvision(self):
     model = models.ResNet18(num_outputs=8)
     params = models.init_variables(model, jax.random.key(0), 32)['params']
