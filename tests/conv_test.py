@@ -1,0 +1,237 @@
+"""Every convolution formulation against XLA's native convolution."""
+
+from unittest import mock
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mufax import conv
+
+# (map size, kernel, stride, in, out): every kind of ResNet-18 convolution
+# (7x7/2 stem, 3x3/1, 3x3/2, 1x1/2) on maps down to 1x1, odd sizes included.
+SHAPES = [
+    (9, 7, 2, 3, 4), (2, 7, 2, 3, 4),
+    (1, 3, 1, 6, 5), (2, 3, 1, 6, 5), (3, 3, 1, 6, 5), (4, 3, 1, 6, 5),
+    (7, 3, 1, 6, 5),
+    (1, 3, 2, 6, 5), (2, 3, 2, 6, 5), (5, 3, 2, 6, 5), (8, 3, 2, 6, 5),
+    (1, 1, 2, 6, 5), (7, 1, 2, 6, 5),
+]
+FORMULATIONS = (conv.PATCHES, conv.WINOGRAD)
+
+
+def _cases(formulations=FORMULATIONS):
+  return [dict(testcase_name=f'{f}_h{h}_k{k}_s{s}', formulation=f, size=h,
+               kernel_size=k, stride=s, cin=cin, cout=cout)
+          for f in formulations for h, k, s, cin, cout in SHAPES
+          if conv.supports(f, k, s)]
+
+
+def _inputs(size, kernel_size, stride, cin, cout, batch=2, dtype=jnp.float32):
+  """Input (one column wider than tall), kernel and an output cotangent."""
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((batch, size, size + 1, cin))
+  # Scaled so that outputs are O(1) and an absolute tolerance means something.
+  kernel = (rng.standard_normal((kernel_size, kernel_size, cin, cout))
+            / np.sqrt(kernel_size**2 * cin))
+  out_shape = (batch, conv.output_size(size, kernel_size, stride),
+               conv.output_size(size + 1, kernel_size, stride), cout)
+  g = rng.standard_normal(out_shape)
+  return tuple(jnp.asarray(a, dtype) for a in (x, kernel, g))
+
+
+@jax.jit(static_argnums=(3, 4))
+def _output_and_grads(x, kernel, g, stride, plan):
+  y, vjp = jax.vjp(lambda x, k: conv.conv2d(x, k, stride, plan), x, kernel)
+  return (y,) + vjp(g)
+
+
+def _assert_close(test, actual, expected, tol):
+  for name, a, e in zip(('output', 'input grad', 'kernel grad'), actual,
+                        expected):
+    test.assertEqual(a.shape, e.shape, name)
+    test.assertEqual(a.dtype, e.dtype, name)
+    np.testing.assert_allclose(np.asarray(a, np.float32),
+                               np.asarray(e, np.float32), rtol=tol, atol=tol,
+                               err_msg=name)
+
+
+class FormulationTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(_cases())
+  def test_matches_native(self, formulation, size, kernel_size, stride, cin,
+                          cout):
+    x, kernel, g = _inputs(size, kernel_size, stride, cin, cout)
+    plan = conv.Plan(formulation, formulation, formulation)
+    _assert_close(self, _output_and_grads(x, kernel, g, stride, plan),
+                  _output_and_grads(x, kernel, g, stride, conv.ALL_NATIVE),
+                  tol=1e-5)
+
+  @parameterized.parameters(conv.PATCHES, conv.WINOGRAD)
+  def test_mixed_plan(self, formulation):
+    x, kernel, g = _inputs(6, 3, 1, 4, 3)
+    plan = conv.Plan(conv.NATIVE, formulation, conv.NATIVE)
+    _assert_close(self, _output_and_grads(x, kernel, g, 1, plan),
+                  _output_and_grads(x, kernel, g, 1, conv.ALL_NATIVE),
+                  tol=1e-5)
+
+  @parameterized.product(formulation=FORMULATIONS,
+                         batch_and_budget=((8, 10_000), (7, 1)))
+  def test_in_batch_chunks(self, formulation, batch_and_budget):
+    """The loop over batch chunks (large batches) agrees with one pass.
+
+    With 8 images and a 10 kB budget chunks hold 2 or 4 images; with 7 (a
+    prime) and 1 byte, one.
+    """
+    batch, budget = batch_and_budget
+    x, kernel, g = _inputs(5, 3, 1, 4, 3, batch=batch)
+    plan = conv.Plan(formulation, formulation, formulation)
+    with mock.patch.object(conv, '_CHUNK_BYTES', budget):
+      chunked = _output_and_grads(x, kernel, g, 1, plan)
+    _assert_close(self, chunked,
+                  _output_and_grads(x, kernel, g, 1, conv.ALL_NATIVE),
+                  tol=1e-5)
+
+  @parameterized.named_parameters(
+      c for c in _cases((conv.NATIVE,) + FORMULATIONS) if c['size'] == 7)
+  def test_bfloat16(self, formulation, size, kernel_size, stride, cin, cout):
+    x, kernel, g = _inputs(size, kernel_size, stride, cin, cout,
+                           dtype=jnp.bfloat16)
+    plan = conv.Plan(formulation, formulation, formulation)
+    actual = _output_and_grads(x, kernel, g, stride, plan)
+    self.assertEqual({a.dtype for a in actual}, {jnp.dtype(jnp.bfloat16)})
+    upcast = [a.astype(jnp.float32) for a in (x, kernel, g)]
+    expected = _output_and_grads(*upcast, stride, conv.ALL_NATIVE)
+    for name, a, e in zip(('output', 'input grad', 'kernel grad'), actual,
+                          expected):
+      # bfloat16 keeps 8 bits: errors relative to the largest value.
+      error = np.max(np.abs(np.asarray(a, np.float32) - e)) / np.max(np.abs(e))
+      self.assertLess(error, 2e-2, name)
+
+  def test_second_order(self):
+    x, kernel, _ = _inputs(4, 3, 1, 3, 2)
+
+    def grad_norm(kernel, plan):
+      loss = lambda k: jnp.sum(jnp.tanh(conv.conv2d(x, k, 1, plan)))
+      return jnp.sum(jnp.square(jax.grad(loss)(kernel)))
+
+    plan = conv.Plan(conv.WINOGRAD, conv.PATCHES, conv.WINOGRAD)
+    np.testing.assert_allclose(
+        jax.grad(grad_norm)(kernel, plan),
+        jax.grad(grad_norm)(kernel, conv.ALL_NATIVE), rtol=1e-4, atol=1e-4)
+
+
+class PlanTest(parameterized.TestCase):
+
+  def test_native_off_cpu(self):
+    for backend in ('gpu', 'tpu'):
+      self.assertEqual(conv.plan((64, 2, 2, 512), (3, 3, 512, 512), 1,
+                                 backend), conv.ALL_NATIVE)
+
+  @parameterized.parameters(32, 64, 96, 128, 224)
+  def test_resnet18_shapes_are_supported(self, image_size):
+    h = conv.output_size(image_size, 7, 2)
+    shapes = [((64, image_size, image_size, 3), (7, 7, 3, 64), 2)]
+    h = conv.output_size(h, 3, 2)
+    cin = 64
+    for cout in (64, 128, 256, 512):
+      stride = 1 if cout == 64 else 2
+      shapes.append(((64, h, h, cin), (3, 3, cin, cout), stride))
+      if stride == 2:
+        shapes.append(((64, h, h, cin), (1, 1, cin, cout), 2))
+      h = conv.output_size(h, 3, stride)
+      shapes.append(((64, h, h, cout), (3, 3, cout, cout), 1))
+      cin = cout
+    for x_shape, kernel_shape, stride in shapes:
+      plan = conv.plan(x_shape, kernel_shape, stride, 'cpu')
+      for formulation in plan:
+        self.assertIn(formulation, (conv.NATIVE,) + FORMULATIONS)
+        self.assertTrue(conv.supports(formulation, kernel_shape[0], stride),
+                        (x_shape, kernel_shape, stride, plan))
+
+  def test_avoids_slow_native_shapes(self):
+    # Where XLA's CPU convolution takes 30-100x the matmul time.
+    slow = [((64, 2, 2, 512), (3, 3, 512, 512), 1, 'forward'),
+            ((64, 1, 1, 512), (3, 3, 512, 512), 1, 'forward'),
+            ((64, 2, 2, 256), (3, 3, 256, 512), 2, 'forward'),
+            ((64, 4, 4, 256), (3, 3, 256, 512), 2, 'input_grad')]
+    for x_shape, kernel_shape, stride, product in slow:
+      plan = conv.plan(x_shape, kernel_shape, stride, 'cpu')
+      self.assertNotEqual(getattr(plan, product), conv.NATIVE, x_shape)
+
+  def test_output_size_is_torchs(self):
+    for size in range(1, 12):
+      for k, s in ((7, 2), (3, 1), (3, 2), (1, 2)):
+        y = jax.eval_shape(lambda x, kernel: conv._native(x, kernel, s),
+                           jnp.zeros((1, size, size, 1)),
+                           jnp.zeros((k, k, 1, 1)))
+        self.assertEqual(y.shape[1], (size + 2 * (k // 2) - k) // s + 1)
+        self.assertEqual(y.shape[1], conv.output_size(size, k, s))
+
+
+class MaxPoolTest(parameterized.TestCase):
+
+  @parameterized.parameters((1, 1), (2, 3), (7, 9), (8, 8))
+  def test_matches_flax(self, h, w):
+    # After a ReLU many windows tie at 0: the gradient must go to the first
+    # maximum, as flax's (and torch's) does.
+    x = np.maximum(np.random.default_rng(0).standard_normal((2, h, w, 3)), 0)
+    x[0, :, :2] = 1
+    x = jnp.asarray(x, jnp.float32)
+
+    def flax_pool(x):
+      return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+    y, vjp = jax.vjp(jax.jit(conv.max_pool), x)
+    y_flax, vjp_flax = jax.vjp(flax_pool, x)
+    g = jnp.asarray(np.random.default_rng(1).standard_normal(y.shape),
+                    jnp.float32)
+    np.testing.assert_array_equal(y, y_flax)
+    np.testing.assert_allclose(vjp(g)[0], vjp_flax(g)[0], rtol=1e-6,
+                               atol=1e-6)
+
+  def test_bfloat16(self):
+    x = jnp.ones((2, 5, 5, 3), jnp.bfloat16)
+    y, grad = jax.jit(lambda x: (lambda y, vjp: (y, vjp(y)[0]))(
+        *jax.vjp(conv.max_pool, x)))(x)
+    self.assertEqual(y.dtype, jnp.bfloat16)
+    self.assertEqual(grad.dtype, jnp.bfloat16)
+
+
+class ConvModuleTest(absltest.TestCase):
+
+  def test_parameter(self):
+    module = conv.Conv(5, 3, 2, dtype=jnp.bfloat16)
+    variables = jax.eval_shape(module.init, jax.random.key(0),
+                               jnp.zeros((2, 7, 7, 4)))
+    self.assertEqual(jax.tree.map(lambda v: (v.shape, v.dtype), variables),
+                     {'params': {'kernel': ((3, 3, 4, 5), jnp.float32)}})
+
+  def test_gradients(self):
+    x, kernel, _ = _inputs(7, 3, 2, 4, 5)
+
+    def loss(params, x, apply):
+      return jnp.sum(jnp.sin(apply(params, x)))
+
+    def native(params, x):
+      return conv._native(x, params['kernel'], 2)
+
+    actual = jax.jit(jax.grad(loss, (0, 1)), static_argnums=2)(
+        {'kernel': kernel}, x,
+        lambda p, x: conv.Conv(5, 3, 2).apply({'params': p}, x))
+    expected = jax.grad(loss, (0, 1))({'kernel': kernel}, x, native)
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+      np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+
+  def test_bfloat16(self):
+    x, kernel, _ = _inputs(4, 3, 1, 3, 8)
+    y = jax.jit(conv.Conv(8, 3, 1, dtype=jnp.bfloat16).apply)(
+        {'params': {'kernel': kernel}}, x)
+    self.assertEqual(y.dtype, jnp.bfloat16)
+
+
+if __name__ == '__main__':
+  absltest.main()
