@@ -1,12 +1,14 @@
 r"""Runs the benchmark as a config describes it.
 
   python run_main.py --config=configs/quickstart.py [--workdir=DIR]
-  python run_main.py --config=configs/mufac_original.py \
-      --config.data.manual_dir=../shared/data/mufac --config.original.epochs=3
+  python run_main.py --config=configs/mufac_scrub.py \
+      --config.data.manual_dir=../shared/data/mufac --config.unlearn.lr=0.002
+  python run_main.py --config=configs/mucac_all.py:gender ...
 
-Prepares the config's dataset if needed, trains (or reuses) the models the
-config names, evaluates them and writes results.json, results.md and
-losses/<model>.npz to the workdir (default: results/<config file name>).
+Prepares the config's dataset if needed, trains (or reuses) the original
+model, runs the methods the config names, evaluates every model and writes
+results.json, results.md, losses/<method>.npz and two plots to the workdir
+(default: results/<config file name>[-<config argument>]).
 """
 
 import os
@@ -34,9 +36,11 @@ def main(argv):
   # Orbax reports every checkpoint step at INFO; progress lines are printed.
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+  # configs/mucac_all.py:gender -> results/mucac_all-gender
+  path, _, argument = flags.FLAGS['config'].config_filename.partition(':')
+  name = os.path.splitext(os.path.basename(path))[0]
   workdir = _WORKDIR.value or os.path.join(
-      'results', os.path.splitext(os.path.basename(
-          flags.FLAGS['config'].config_filename))[0])
+      'results', f'{name}-{argument}' if argument else name)
   try:
     records = experiment.run(_CONFIG.value, workdir)
   except (DataError, experiment.ConfigError) as e:

@@ -33,13 +33,46 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.num_filters = 0  # 0: the model's own width (64 for ResNet-18)
   config.model.dtype = 'float32'  # bfloat16: mixed precision
 
-  # Comma-separated models to train and evaluate: original, retrain.
-  config.models = 'original,retrain'
+  # Comma-separated rows of the table: original, retrain, finetune, cf_k,
+  # neggrad, advanced_neggrad, unsir (two rows), scrub; or all.
+  config.methods = 'original'
+  # SPEC §4 recipes of the models trained from scratch.
   config.original = recipe_overrides()
   config.retrain = recipe_overrides()
+  # SPEC §5 hyperparameters of the unlearning methods. None keeps the
+  # reference's value for the method and dataset.
+  config.unlearn = ml_collections.ConfigDict({
+      'lr': placeholder(float),
+      'epochs': placeholder(int),
+      'batch_size': 64,
+      'k': 3,  # CF-k: how many of the last parameter groups train
+      'temperature': 4.0,  # SCRUB's distillation temperature
+      'noise_steps': 5,  # UNSIR: Adam steps that shape each noise batch
+      'noise_lr': 0.01,
+      'repair_epochs': placeholder(int),  # UNSIR stage 2 (reference: 1)
+  })
 
   config.protocol = 'paper'  # or clean (SPEC §8)
   config.lam = 0.5  # NoMUS weight λ of accuracy
   config.seed = 42
   config.log_every_s = 30.0
   return config
+
+
+MUCAC_TASKS = ('multilabel', 'gender', 'smiling', 'young')
+
+
+def for_dataset(dataset: str, methods: str) -> ml_collections.ConfigDict:
+  """The base config, on `dataset`, producing the rows `methods`."""
+  config = get_config()
+  config.data.dataset = dataset
+  config.methods = methods
+  return config
+
+
+def mucac(task: str, methods: str) -> ml_collections.ConfigDict:
+  """MUCAC on `task`, the config argument (`configs/mucac_scrub.py:gender`)."""
+  if task not in MUCAC_TASKS:
+    raise ValueError(f'MUCAC task {task!r}: choose one of '
+                     f'{", ".join(MUCAC_TASKS)} (configs/mucac_X.py:TASK).')
+  return for_dataset(f'mucac/{task}', methods)

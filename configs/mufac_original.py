@@ -1,10 +1,7 @@
-"""MUFAC (paper splits): the original model of SPEC §4, evaluated."""
+"""MUFAC (paper splits): the original model of SPEC §4."""
 
 from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.data.dataset = 'mufac/paper'
-  config.models = 'original'
-  return config
+  return default.for_dataset('mufac/paper', 'original')

@@ -1,9 +1,7 @@
-"""MUFAC (paper splits): the model retrained on retain only (SPEC §4)."""
+"""MUFAC (paper splits): the model retrained from scratch on retain (SPEC §4)."""
 
-from configs import mufac_original
+from configs import default
 
 
 def get_config():
-  config = mufac_original.get_config()
-  config.models = 'retrain'
-  return config
+  return default.for_dataset('mufac/paper', 'retrain')

@@ -489,8 +489,8 @@ def max_pool(x, window: int = 3, stride: int = 2, padding: int = 1):
   Outputs and gradients are those of `flax.linen.max_pool` (the gradient goes
   to the first maximum of each window, as in torch). On CPU the gradient is
   computed as masked strided adds: JAX's own, a variadic reduce-window over
-  index arrays, took 3x as long as this at ResNet-18's pool on 128x128 images
-  (BENCHMARKS.md), more than any convolution.
+  index arrays, took 3x as long as this at ResNet-18's pool on 128x128 images,
+  more than any convolution (BENCHMARKS.md has the step before and after).
   """
   if jax.default_backend() != 'cpu':
     return _reduce_window_max(x, window, stride, padding)

@@ -1,4 +1,5 @@
-"""One benchmark run as a config describes it: data, models, evaluation.
+"""One benchmark run as a config describes it: data, the original model,
+the unlearning methods, evaluation, and the results on disk.
 
 `run_main.py` is a thin shell around `run`.
 """
@@ -21,7 +22,10 @@ from mufax import input_pipeline
 from mufax import metrics
 from mufax import models
 from mufax import recipes
+from mufax import plots
+from mufax import published
 from mufax import train
+from mufax import unlearning
 from mufax.data import prepare
 from mufax.data import splits as splits_lib
 
@@ -29,8 +33,14 @@ MODELS = {'resnet18': models.ResNet18, 'resnet_tiny': models.ResNetTiny}
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # What each from-scratch model trains on.
 TRAIN_SPLIT = {'original': 'train', 'retrain': 'retain'}
+# `config.methods=all`, in the order of the paper's tables.
+ALL_METHODS = ('original', 'retrain', 'finetune', 'cf_k', 'neggrad', 'unsir',
+               'scrub', 'advanced_neggrad')
 # Splits whose per-sample losses are kept, and that the MIA compares.
 LOSS_SPLITS = ('forget', 'unseen', 'test', 'retain')
+# What a run writes to its workdir, besides checkpoints.
+RESULT_FILES = ('results.json', 'results.md', 'losses',
+                'loss_histograms.png', 'accuracy_vs_forgetting.png')
 
 
 class ConfigError(ValueError):
@@ -40,6 +50,8 @@ class ConfigError(ValueError):
 @dataclasses.dataclass
 class Task:
   dataset: str
+  # What the model predicts: age, multilabel, gender, smiling or young.
+  name: str
   loss: str
   num_outputs: int
   label_names: list[str]
@@ -59,9 +71,17 @@ def load_task(config: ml_collections.ConfigDict) -> Task:
   train.log(f'read {config.data.dataset}: ' + ', '.join(
       f'{s} {len(d["label"])}' for s, d in data.items())
       + f' images in {time.perf_counter() - start:.1f} s')
-  return Task(dataset=config.data.dataset, loss=loss,
+  return Task(dataset=config.data.dataset, name=task_name(config.data.dataset),
+              loss=loss,
               num_outputs=num_outputs, label_names=builder.label_names(),
               splits=data)
+
+
+def task_name(dataset: str) -> str:
+  family, _, variant = dataset.partition('/')
+  if family == 'mucac':
+    return variant or 'multilabel'
+  return 'age'
 
 
 def make_model(config: ml_collections.ConfigDict, num_outputs: int):
@@ -96,29 +116,30 @@ def checkpoint_dir(config, workdir: str, kind: str) -> str:
 
 
 def train_from_scratch(kind: str, config, task: Task, *, model, mesh,
-                       workdir: str) -> train.TrainState:
+                       workdir: str) -> tuple[train.TrainState, float, dict]:
   """The original (on train) or retrained (on retain) model of SPEC §4.
 
   Reuses or resumes the checkpoint of an earlier run with the same settings.
+  Returns the state, the seconds its epochs took (over all runs that trained
+  it) and its recipe.
   """
   r = recipe(config, kind)
-  train.log(f'training {kind} on {TRAIN_SPLIT[kind]} '
-            f'({len(task.splits[TRAIN_SPLIT[kind]]["label"])} images): {r}')
-  state, _ = train.fit(
+  train.log(f'{kind}: training on {TRAIN_SPLIT[kind]} '
+            f'({len(task.splits[TRAIN_SPLIT[kind]]["label"])} images), {r}')
+  state, history = train.fit(
       r, model=model, loss=task.loss,
       train_data=task.splits[TRAIN_SPLIT[kind]],
       eval_data={'test': task.splits['test']}, mesh=mesh,
       checkpoint_dir=checkpoint_dir(config, workdir, kind), seed=config.seed,
       image_size=config.data.image_size or None,
       log_every_s=config.log_every_s)
-  return state
+  return (state, sum(h['seconds'] for h in history),
+          dataclasses.asdict(r) | {'batch_norm': 'train'})
 
 
-def evaluate_model(variables, *, model, task: Task, mesh, config
+def evaluate_model(variables, *, eval_step, task: Task, mesh, lam: float
                    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """SPEC §6: utility on test, MIA on forget vs unseen, NoMUS; losses."""
-  eval_step = train.make_eval_step(model, mesh=mesh, loss=task.loss,
-                                   image_size=config.data.image_size or None)
   results = {split: train.evaluate(eval_step, variables, task.splits[split],
                                    mesh=mesh, loss=task.loss)
              for split in LOSS_SPLITS}
@@ -131,75 +152,223 @@ def evaluate_model(variables, *, model, task: Task, mesh, config
         task.label_names, record['attribute_accuracies']))
   record.update(
       mia=mia, forgetting_score=metrics.forgetting_score(mia),
-      nomus=metrics.nomus(record['accuracy'], mia, lam=config.lam),
-      lam=config.lam,
+      nomus=metrics.nomus(record['accuracy'], mia, lam=lam), lam=lam,
       loss_auc=metrics.loss_auc(results['forget']['loss'],
                                 results['unseen']['loss']))
   return record, {split: results[split]['loss'] for split in LOSS_SPLITS}
 
 
-def check_config(config) -> None:
+def method_names(config) -> list[str]:
+  """`config.methods` as a list; `all` expands to the paper's table."""
+  names = []
+  for name in (m.strip() for m in config.methods.split(',')):
+    for n in (ALL_METHODS if name == 'all' else (name,) if name else ()):
+      if n not in names:
+        names.append(n)
+  known = ('original', *unlearning.METHODS)
+  unknown = [n for n in names if n not in known]
+  if unknown or not names:
+    raise ConfigError(
+        f'config.methods={config.methods!r}: unknown method(s) {unknown}; '
+        f'choose from {", ".join(known)}, or all.')
+  return names
+
+
+def check_config(config) -> list[str]:
+  """Refuses values that cannot work; returns the methods to run."""
   if not 0 <= config.lam <= 1:
     raise ConfigError(f'config.lam={config.lam}: the NoMUS weight λ must lie '
                       'in [0, 1].')
-  unknown = [m for m in config.models.split(',') if m not in TRAIN_SPLIT]
-  if unknown:
-    raise ConfigError(f'config.models: unknown {unknown}; choose from '
-                      f'{sorted(TRAIN_SPLIT)}.')
   if config.protocol not in ('paper', 'clean'):
     raise ConfigError(f'config.protocol={config.protocol!r}: choose paper or '
                       'clean.')
+  u = config.unlearn
+  for field in ('lr', 'noise_lr', 'temperature'):
+    if u[field] is not None and not u[field] > 0:
+      raise ConfigError(f'config.unlearn.{field}={u[field]} must be > 0.')
+  for field in ('epochs', 'repair_epochs', 'noise_steps', 'batch_size'):
+    if u[field] is not None and u[field] < (0 if field == 'noise_steps'
+                                             else 1):
+      raise ConfigError(f'config.unlearn.{field}={u[field]} is too small.')
+  groups = len(unlearning.core.PARAM_GROUPS)
+  if u.k is not None and not 1 <= u.k <= groups:
+    raise ConfigError(f'config.unlearn.k={u.k}: CF-k trains the last k of the '
+                      f'{groups} parameter groups '
+                      f'({", ".join(unlearning.core.PARAM_GROUPS)}); choose '
+                      f'k in 1..{groups}.')
+  return method_names(config)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  """Trains and evaluates the config's models; writes results to `workdir`."""
-  check_config(config)
+  """Runs the config's methods and writes results to `workdir`.
+
+  Rows already in `workdir/results.json` from a run with the same settings
+  are kept rather than computed again, so a stopped run loses nothing.
+  """
+  names = check_config(config)
   task = load_task(config)
   model = make_model(config, task.num_outputs)
   mesh = train.make_mesh()
-  train.log(f'{jax.device_count()} {jax.default_backend()} device(s)')
-  records = []
-  for kind in config.models.split(','):
+  train.log(f'{jax.device_count()} {jax.default_backend()} device(s); '
+            f'methods: {", ".join(names)}')
+  image_size = config.data.image_size or None
+  eval_step = train.make_eval_step(model, mesh=mesh, loss=task.loss,
+                                   image_size=image_size)
+
+  def from_scratch(kind):
+    return train_from_scratch(kind, config, task, model=model, mesh=mesh,
+                              workdir=workdir)
+
+  ctx = unlearning.Context(
+      model=model, loss=task.loss, task=recipes.task_of(task.dataset),
+      protocol=config.protocol,
+      data={s: task.splits[s] for s in ('forget', 'retain')}, mesh=mesh,
+      seed=config.seed, hparams=config.unlearn.to_dict(),
+      image_size=image_size, log_every_s=config.log_every_s,
+      train_from_scratch=from_scratch)
+  done = previous_records(workdir, config)
+  records, original = [], None
+  for name in names:
+    method = unlearning.METHODS.get(name)
+    rows = method.row_names(ctx) if method else [name]
+    if all(r in done for r in rows):
+      train.log(f'{name}: reusing the results of an earlier run in {workdir}')
+      records += [done[r] for r in rows]
+      continue
+    if original is None and name != 'retrain':
+      original = from_scratch('original')
+    if name == 'original':
+      state, seconds, settings = original
+      produced = iter([unlearning.Row('original', state.variables,
+                                      int(state.step), seconds, settings)])
+    else:
+      produced = method.run(ctx, original[0].variables)
     start = time.perf_counter()
-    state = train_from_scratch(kind, config, task, model=model, mesh=mesh,
-                               workdir=workdir)
-    record, losses = evaluate_model(state.variables, model=model, task=task,
-                                    mesh=mesh, config=config)
-    record = {'model': kind, 'dataset': task.dataset,
-              'protocol': config.protocol, 'seed': config.seed, **record,
-              'update_steps': int(state.step),
-              'wall_seconds': time.perf_counter() - start}
-    records.append(record)
-    write_results(workdir, records, config)
-    os.makedirs(os.path.join(workdir, 'losses'), exist_ok=True)
-    np.savez(os.path.join(workdir, 'losses', f'{kind}.npz'), **losses)
+    while True:
+      row = next(produced, None)
+      if row is None:
+        break
+      seconds = time.perf_counter() - start
+      record, losses = evaluate_model(row.variables, eval_step=eval_step,
+                                      task=task, mesh=mesh, lam=config.lam)
+      record = {'method': row.name, 'dataset': task.dataset,
+                'task': task.name, 'protocol': config.protocol,
+                'seed': config.seed, **record,
+                'wall_seconds': seconds if row.seconds is None
+                                else row.seconds,
+                'update_steps': row.update_steps, 'config': row.settings,
+                'published': published.published(task.dataset, row.name)}
+      train.log(f'{row.name}: accuracy {record["accuracy"]:.4f}, MIA '
+                f'{record["mia"]:.4f}, NoMUS {record["nomus"]:.4f}')
+      records.append(record)
+      save_losses(workdir, row.name, losses)
+      write_results(workdir, records, config)
+      # The next row's clock excludes this evaluation.
+      start = time.perf_counter() - seconds
+  write_plots(workdir, records, config)
   return records
+
+
+def save_losses(workdir: str, name: str, losses: dict[str, np.ndarray]):
+  os.makedirs(os.path.join(workdir, 'losses'), exist_ok=True)
+  np.savez(os.path.join(workdir, 'losses', f'{name}.npz'), **losses)
+
+
+def comparable_config(config: dict) -> dict:
+  """The settings that decide a row's result (not which rows to run)."""
+  config = json.loads(json.dumps(config, default=str))
+  for key in ('methods', 'log_every_s'):
+    config.pop(key, None)
+  return config
+
+
+def previous_records(workdir: str, config) -> dict[str, dict]:
+  """Rows of an earlier run in `workdir` with the same settings, by name."""
+  path = os.path.join(workdir, 'results.json')
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return {}
+  if comparable_config(saved.get('config', {})) != comparable_config(
+      config.to_dict()):
+    # Made with other settings: kept aside, not overwritten.
+    aside = os.path.join(workdir, 'previous', time.strftime('%Y%m%d-%H%M%S'))
+    os.makedirs(aside)
+    for name in RESULT_FILES:
+      if os.path.exists(os.path.join(workdir, name)):
+        os.rename(os.path.join(workdir, name), os.path.join(aside, name))
+    train.log(f'{workdir} held results of other settings; moved to {aside}')
+    return {}
+  return {r['method']: r for r in saved.get('records', [])
+          if os.path.exists(os.path.join(workdir, 'losses',
+                                         f'{r["method"]}.npz'))}
 
 
 def write_results(workdir: str, records: list[dict], config) -> None:
   os.makedirs(workdir, exist_ok=True)
+  devices = f'{jax.device_count()} x {jax.devices()[0].device_kind}'
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
     json.dump({'records': records, 'config': config.to_dict(),
-               'devices': f'{jax.device_count()} x {jax.devices()[0].device_kind}'},
-              f, indent=1, default=str)
+               'devices': devices}, f, indent=1, default=str)
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
     f.write(f'{config.data.dataset}, protocol {config.protocol}, seed '
-            f'{config.seed}, λ = {config.lam}\n\n{format_table(records)}\n')
+            f'{config.seed}, λ = {config.lam}, {devices}\n\n'
+            f'{format_table(records)}\n')
+    if any(r.get('published') for r in records):
+      f.write(f'\n"paper" columns: {published.SOURCE}\n')
+
+
+def write_plots(workdir: str, records: list[dict], config) -> None:
+  losses = {}
+  for r in records:
+    with np.load(os.path.join(workdir, 'losses', f'{r["method"]}.npz')) as z:
+      losses[r['method']] = {'forget': z['forget'], 'unseen': z['unseen']}
+  title = f'{config.data.dataset} ({config.protocol}, seed {config.seed})'
+  plots.plot_loss_histograms(
+      losses, os.path.join(workdir, 'loss_histograms.png'),
+      mia={r['method']: r['mia'] for r in records}, title=title)
+  paper = [{'method': r['method'], **r['published']} for r in records
+           if r.get('published')]
+  plots.plot_accuracy_vs_forgetting(
+      records, os.path.join(workdir, 'accuracy_vs_forgetting.png'),
+      lam=config.lam, published=paper or None, title=title)
 
 
 def format_table(records: list[dict]) -> str:
-  """The results as a Markdown table, for people."""
-  has_top2 = any('top2_accuracy' in r for r in records)
-  head = (['model', 'accuracy'] + (['top-2'] if has_top2 else [])
-          + ['MIA', 'forgetting', 'NoMUS', 'loss AUC', 'steps', 'seconds'])
+  """The results as a Markdown table in the paper's layout, for people.
+
+  Where SPEC §7 publishes the row, its numbers follow ours ("paper").
+  """
+  has = lambda key: any(key in r for r in records)
+  attributes = next((list(r['attribute_accuracies']) for r in records
+                     if 'attribute_accuracies' in r), [])
+  has_paper = any(r.get('published') for r in records)
+  head = (['method', 'accuracy'] + (['top-2'] if has('top2_accuracy') else [])
+          + attributes + ['MIA', 'forgetting', 'NoMUS', 'loss AUC', 'steps',
+                          'seconds'])
+  if has_paper:
+    head += ['paper acc'] + (['paper top-2'] if has('top2_accuracy') else []) + [
+        'paper forgetting', 'paper NoMUS']
+  fmt = lambda v: '' if v is None else f'{v:.4f}'
   rows = []
   for r in records:
-    rows.append([r['model'], f'{r["accuracy"]:.4f}']
-                + ([f'{r.get("top2_accuracy", float("nan")):.4f}']
-                   if has_top2 else [])
-                + [f'{r["mia"]:.4f}', f'{r["forgetting_score"]:.4f}',
-                   f'{r["nomus"]:.4f}', f'{r["loss_auc"]:.4f}',
-                   str(r['update_steps']), f'{r["wall_seconds"]:.1f}'])
+    paper = r.get('published') or {}
+    row = ([r['method'], fmt(r['accuracy'])]
+           + ([fmt(r.get('top2_accuracy'))] if has('top2_accuracy') else [])
+           + [fmt(r['attribute_accuracies'][a]) for a in attributes]
+           + [fmt(r['mia']), fmt(r['forgetting_score']), fmt(r['nomus']),
+              fmt(r['loss_auc']), str(r['update_steps']),
+              f'{r["wall_seconds"]:.1f}'])
+    if has_paper:
+      row += ([fmt(paper.get('accuracy'))]
+              + ([fmt(paper.get('top2_accuracy'))] if has('top2_accuracy')
+                 else [])
+              + [fmt(paper.get('forgetting_score')),
+                 fmt(paper.get('nomus'))])
+    rows.append(row)
   lines = ['| ' + ' | '.join(head) + ' |',
            '|' + '|'.join('---' for _ in head) + '|']
   return '\n'.join(lines + ['| ' + ' | '.join(r) + ' |' for r in rows])

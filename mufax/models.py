@@ -110,7 +110,7 @@ class ResNet(nn.Module):
     x = x.astype(self.dtype)
     x = conv(self.num_filters, 7, 2, name='conv1')(x)
     x = nn.relu(norm(name='bn1')(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = conv_lib.max_pool(x, window=3, stride=2, padding=1)
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         x = BasicBlock(self.num_filters * 2**i,

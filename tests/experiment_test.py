@@ -1,5 +1,6 @@
 """The runner: a config in, results.json, results.md and losses out."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -7,9 +8,11 @@ import sys
 
 import numpy as np
 from absl.testing import absltest
+from PIL import Image
 
 from configs import quickstart
 from mufax import experiment
+from mufax import published
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,46 +30,75 @@ def tiny_config(data_dir: str):
 
 class RunTest(absltest.TestCase):
 
-  def test_writes_results_and_losses_and_reuses_checkpoints(self):
+  def test_writes_results_losses_and_plots_and_reuses_work(self):
     data_dir = self.create_tempdir().full_path
     workdir = self.create_tempdir().full_path
     config = tiny_config(data_dir)
+    config.methods = 'original,retrain,neggrad'
     records = experiment.run(config, workdir)
 
-    self.assertEqual([r['model'] for r in records], ['original', 'retrain'])
+    self.assertEqual([r['method'] for r in records],
+                     ['original', 'retrain', 'neggrad'])
     with open(os.path.join(workdir, 'results.json')) as f:
       saved = json.load(f)
-    self.assertEqual(saved['records'][0]['dataset'], 'synthetic_faces/small')
     self.assertEqual(saved['config']['original']['epochs'], 2)
     for r in saved['records']:
+      self.assertEqual((r['dataset'], r['task'], r['protocol'], r['seed']),
+                       ('synthetic_faces/small', 'age', 'paper', 42))
       for key in ('accuracy', 'top2_accuracy', 'mia', 'loss_auc'):
         self.assertBetween(r[key], 0, 1)
       self.assertAlmostEqual(r['forgetting_score'], abs(r['mia'] - 0.5))
       self.assertEqual(r['lam'], 0.5)
-    # 1000 train images in batches of 64: 16 steps an epoch; retain 600: 10.
-    self.assertEqual([r['update_steps'] for r in records], [32, 20])
-    losses = np.load(os.path.join(workdir, 'losses', 'original.npz'))
+      self.assertGreater(r['wall_seconds'], 0)
+      self.assertIsNone(r['published'])
+    self.assertEqual(saved['records'][2]['config'],
+                     {'learning_rate': 0.001, 'batch_norm': 'train',
+                      'steps': 16})
+    # 1000 train images in batches of 64: 16 steps an epoch; retain 600: 10;
+    # NegGrad: 20 retain steps less the 4 where one batch is short.
+    self.assertEqual([r['update_steps'] for r in records], [32, 20, 16])
+    losses = np.load(os.path.join(workdir, 'losses', 'neggrad.npz'))
     self.assertEqual({k: len(losses[k]) for k in losses.files},
                      {'forget': 400, 'unseen': 400, 'test': 320,
                       'retain': 600})
     self.assertTrue(np.all(np.isfinite(losses['forget'])))
     with open(os.path.join(workdir, 'results.md')) as f:
-      self.assertIn('| original |', f.read())
+      self.assertIn('| neggrad |', f.read())
+    for plot in ('loss_histograms.png', 'accuracy_vs_forgetting.png'):
+      with Image.open(os.path.join(workdir, plot)) as image:
+        self.assertEqual(image.format, 'PNG')
 
-    # A second run with the same settings trains nothing again.
+    # Asking for one more method keeps the finished rows and trains nothing
+    # again.
+    config.methods = 'original,retrain,neggrad,finetune'
     again = experiment.run(config, workdir)
-    self.assertEqual(again[0]['accuracy'], records[0]['accuracy'])
-    self.assertLess(again[0]['wall_seconds'], records[0]['wall_seconds'])
+    self.assertEqual(again[:3], json.loads(json.dumps(records)))
+    self.assertEqual(again[3]['method'], 'finetune')
+    self.assertEqual(again[3]['config']['batch_norm'], 'eval')
+
+    # Another setting invalidates the earlier rows.
+    config.unlearn.lr = 0.01
+    config.methods = 'neggrad'
+    changed = experiment.run(config, workdir)
+    self.assertNotEqual(changed[0]['accuracy'], records[2]['accuracy'])
+    # ... which are kept aside rather than overwritten.
+    [aside] = os.listdir(os.path.join(workdir, 'previous'))
+    with open(os.path.join(workdir, 'previous', aside, 'results.json')) as f:
+      self.assertLen(json.load(f)['records'], 4)
 
   def test_bad_config_values_are_refused(self):
     config = tiny_config(self.create_tempdir().full_path)
-    config.lam = 1.5
-    with self.assertRaisesRegex(experiment.ConfigError, 'λ'):
-      experiment.run(config, self.create_tempdir().full_path)
-    config.lam = 0.5
-    config.models = 'original,scrubbed'
-    with self.assertRaisesRegex(experiment.ConfigError, 'scrubbed'):
-      experiment.run(config, self.create_tempdir().full_path)
+    for field, value, message in (
+        ('lam', 1.5, 'λ'), ('methods', 'original,scrubbed', 'scrubbed'),
+        ('methods', '', 'choose from'), ('protocol', 'tidy', 'tidy')):
+      bad = config.copy_and_resolve_references()
+      bad[field] = value
+      with self.assertRaisesRegex(experiment.ConfigError, message):
+        experiment.run(bad, self.create_tempdir().full_path)
+    bad = config.copy_and_resolve_references()
+    bad.unlearn.k = 9
+    with self.assertRaisesRegex(experiment.ConfigError, 'k=9'):
+      experiment.run(bad, self.create_tempdir().full_path)
 
   def test_command_line_error_exits_non_zero_with_a_message(self):
     result = subprocess.run(
@@ -77,6 +109,43 @@ class RunTest(absltest.TestCase):
     self.assertEqual(result.returncode, 1)
     self.assertIn("Unknown dataset 'mufac/tidy'", result.stderr)
 
+
+class ConfigsTest(absltest.TestCase):
+
+  def test_every_config_names_known_methods(self):
+    names = [f[:-3] for f in os.listdir(os.path.join(REPO, 'configs'))
+             if f.endswith('.py') and f not in ('__init__.py', 'default.py')]
+    for dataset in ('mufac', 'mucac'):
+      for method in ('original', 'retrain', 'finetune', 'cf3', 'neggrad',
+                     'advanced_neggrad', 'unsir', 'scrub', 'all'):
+        self.assertIn(f'{dataset}_{method}', names)
+    for name in names:
+      config = importlib.import_module(f'configs.{name}').get_config()
+      self.assertTrue(experiment.method_names(config), name)
+    self.assertEqual(
+        experiment.method_names(importlib.import_module(
+            'configs.mufac_all').get_config()),
+        list(experiment.ALL_METHODS))
+
+  def test_mucac_task_argument(self):
+    scrub = importlib.import_module('configs.mucac_scrub')
+    self.assertEqual(scrub.get_config().data.dataset, 'mucac/multilabel')
+    self.assertEqual(scrub.get_config('gender').data.dataset, 'mucac/gender')
+    with self.assertRaisesRegex(ValueError, 'smiling'):
+      scrub.get_config('age')
+
+
+class TableTest(absltest.TestCase):
+
+  def test_published_numbers_sit_beside_ours(self):
+    record = {'method': 'scrub', 'accuracy': 0.5, 'top2_accuracy': 0.7,
+              'mia': 0.6, 'forgetting_score': 0.1, 'nomus': 0.65,
+              'loss_auc': 0.55, 'update_steps': 316, 'wall_seconds': 12.0,
+              'published': published.published('mufac/paper', 'scrub')}
+    table = experiment.format_table([record])
+    header, _, row = table.splitlines()
+    self.assertIn('paper NoMUS', header)
+    self.assertTrue(row.endswith('| 0.5984 | 0.8745 | 0.1415 | 0.6576 |'))
 
 if __name__ == '__main__':
   absltest.main()

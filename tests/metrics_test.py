@@ -7,40 +7,15 @@ from sklearn import linear_model
 from sklearn import model_selection
 
 from mufax import metrics
+from mufax import published
 
-METHODS = ('Original', 'Retrained', 'Fine-tuning', 'CF-3', 'NegGrad',
-           'UNSIR-1', 'UNSIR-2', 'SCRUB', 'Advanced NegGrad')
-
-# SPEC §7, λ = 0.5: (accuracy, forgetting score, NoMUS) per method, in METHODS
-# order, as published (rounded to 4 digits).
-PUBLISHED = {
-    'mufac': [(0.5951, 0.2136, 0.5839), (0.4880, 0.0445, 0.6994),
-              (0.6055, 0.2129, 0.5898), (0.5900, 0.2126, 0.5823),
-              (0.4048, 0.0485, 0.6538), (0.5893, 0.2089, 0.5857),
-              (0.5925, 0.1990, 0.5972), (0.5984, 0.1415, 0.6576),
-              (0.5633, 0.0953, 0.6863)],
-    'mucac_multilabel': [(.8852, .0568, .8858), (.8135, .0436, .8631),
-                         (.9147, .0708, .8865), (.9197, .0685, .8913),
-                         (.4193, .0356, .6740), (.7087, .0324, .8219),
-                         (.9220, .0705, .8905), (.9073, .0478, .9058),
-                         (.7607, .0152, .8651)],
-    'mucac_gender': list(zip(
-        (.9835, .9515, .9849, .9840, .1762, .9481, .9845, .1762, .9147),
-        (.0306, .0154, .0281, .0291, .1289, .0638, .0481, .1329, .0129),
-        (.9611, .9603, .9643, .9629, .4592, .9102, .9441, .4552, .9444))),
-    'mucac_smiling': list(zip(
-        (.9467, .6518, .9476, .9472, .5549, .8619, .9506, .5549, .9423),
-        (.0346, .0182, .0279, .0294, .0366, .0416, .0271, .4680, .0354),
-        (.9387, .8077, .9459, .9442, .7408, .8893, .9482, .3094, .9357))),
-    'mucac_young': list(zip(
-        (.9089, .8271, .9147, .9118, .1733, .8260, .9021, .8929, .5573),
-        (.0456, .0234, .0426, .0456, .0513, .0229, .0493, .0428, .0139),
-        (.9088, .8901, .9147, .9103, .5353, .8901, .9017, .9036, .7647))),
-}
+# Every row of the SPEC §7 tables (λ = 0.5).
 PUBLISHED_ROWS = [
-    dict(testcase_name=f'{table}_{method}', acc=acc, forgetting=f, published=n)
-    for table, rows in PUBLISHED.items()
-    for method, (acc, f, n) in zip(METHODS, rows, strict=True)
+    dict(testcase_name=f'{dataset.replace("/", "_")}_{method}',
+         row=published.published(dataset, method))
+    for dataset in ('mufac/paper', 'mucac/multilabel', 'mucac/gender',
+                    'mucac/smiling', 'mucac/young')
+    for method in published.METHODS
 ]
 
 
@@ -69,14 +44,15 @@ def reference_mia(forget_losses, unseen_losses):
 class NomusTest(parameterized.TestCase):
 
   @parameterized.named_parameters(*PUBLISHED_ROWS)
-  def test_published_row(self, acc, forgetting, published):
+  def test_published_row(self, row):
+    acc, forgetting = row['accuracy'], row['forgetting_score']
     # Recomputing from 4-digit acc and forgetting is off by up to 7.5e-5, and
     # the published NoMUS is itself rounded (5e-5); every row lands within
-    # 1e-4. Four MUFAC rows (Retrained, CF-3, NegGrad, SCRUB) differ by exactly
-    # 1e-4 in decimal, which binary floats can put a hair above 1e-4 (SCRUB:
+    # 1e-4. Four MUFAC rows (retrain, cf3, neggrad, scrub) differ by exactly
+    # 1e-4 in decimal, which binary floats can put a hair above 1e-4 (scrub:
     # 0.6577 vs 0.6576), hence comparing the difference rounded to 10 digits.
     got = metrics.nomus(acc, 0.5 + forgetting)
-    self.assertLessEqual(round(abs(got - published), 10), 1e-4)
+    self.assertLessEqual(round(abs(got - row['nomus']), 10), 1e-4)
     # The forgetting score is symmetric in M, so M below 0.5 gives the same.
     self.assertAlmostEqual(metrics.nomus(acc, 0.5 - forgetting), got, places=12)
 
@@ -86,7 +62,8 @@ class NomusTest(parameterized.TestCase):
 
   def test_published_rows_are_not_vacuous(self):
     # A wrong formula (e.g. 1 − |M − 0.5| instead of 1 − 2|M − 0.5|) must fail.
-    acc, f, n = PUBLISHED['mufac'][0]
+    row = published.published('mufac/paper', 'original')
+    acc, f, n = row['accuracy'], row['forgetting_score'], row['nomus']
     self.assertGreater(abs(0.5 * acc + 0.5 * (1 - f) - n), 0.05)
 
   @parameterized.parameters(0.0, 0.3, 0.5, 0.9, 1.0)

@@ -1,0 +1,11 @@
+"""MUCAC: the original model of SPEC §4.
+
+The task is the config argument: configs/mucac_original.py:gender (or smiling,
+young); multilabel when none is given.
+"""
+
+from configs import default
+
+
+def get_config(task='multilabel'):
+  return default.mucac(task, 'original')

@@ -1,0 +1,7 @@
+"""MUFAC (paper splits): CF-3 (SPEC §5; k is config.unlearn.k) beside the original."""
+
+from configs import default
+
+
+def get_config():
+  return default.for_dataset('mufac/paper', 'original,cf_k')

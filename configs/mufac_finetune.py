@@ -1,0 +1,7 @@
+"""MUFAC (paper splits): fine-tuning (SPEC §5) beside the original."""
+
+from configs import default
+
+
+def get_config():
+  return default.for_dataset('mufac/paper', 'original,finetune')

@@ -1,0 +1,166 @@
+"""Result plots of an experiment, written as PNG files.
+
+Only matplotlib's object-oriented API is used (a `Figure` saved by its own
+canvas, never pyplot), so plotting keeps no global state and needs no
+display.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+import math
+import os
+
+from matplotlib.figure import Figure
+import numpy as np
+
+_DPI = 120
+_BINS = 40
+_CLIP_QUANTILE = 0.995
+_COLUMNS = 3
+_LABEL_OFFSETS = ((4, 3), (4, -3), (-4, 3), (-4, -3))
+_NOMUS_LEVELS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _save(fig: Figure, path: str) -> None:
+  """Writes `fig` as a PNG to `path`, creating its folder if needed."""
+  folder = os.path.dirname(path)
+  if folder:
+    os.makedirs(folder, exist_ok=True)
+  fig.savefig(path, dpi=_DPI, format='png')
+
+
+def _log1p_finite(losses) -> np.ndarray:
+  """log(1 + loss) of the finite values of `losses`, flattened.
+
+  Infinite or NaN losses cannot be placed on an axis, so they are left out.
+  """
+  x = np.log1p(np.asarray(losses, dtype=np.float64).ravel())
+  return x[np.isfinite(x)]
+
+
+def plot_loss_histograms(losses: Mapping[str, Mapping[str, np.ndarray]],
+                         path: str, *, mia: Mapping[str, float] | None = None,
+                         title: str = '') -> None:
+  """Per-method histograms of forget vs unseen losses, the MIA's only input.
+
+  Where the two histograms coincide the attack is at chance; where forget
+  losses sit lower the model still remembers the forget set.
+
+  Args:
+    losses: `losses[method]['forget']` and `losses[method]['unseen']` are
+      per-sample losses; one panel per method, in the mapping's order. Empty
+      or constant arrays are drawn as far as they can be.
+    path: where to write the PNG.
+    mia: MIA score M per method, shown in the panel titles when given.
+    title: title of the whole figure.
+
+  Raises:
+    ValueError: if `losses` has no methods.
+  """
+  if not losses:
+    raise ValueError('plot_loss_histograms got no methods to plot.')
+  columns = min(_COLUMNS, len(losses))
+  rows = math.ceil(len(losses) / columns)
+  fig = Figure(figsize=(4.2 * columns, 3.2 * rows), layout='constrained')
+  for i, (method, per_split) in enumerate(losses.items()):
+    ax = fig.add_subplot(rows, columns, i + 1)
+    forget = _log1p_finite(per_split['forget'])
+    unseen = _log1p_finite(per_split['unseen'])
+    panel_title = method
+    if mia is not None and method in mia:
+      panel_title += f'  MIA {mia[method]:.4f}'
+    ax.set_title(panel_title, fontsize=10)
+    ax.set_xlabel(f'log(1 + per-sample loss), top {1 - _CLIP_QUANTILE:.1%} '
+                  'in the last bin')
+    ax.set_ylabel('density')
+    both = np.concatenate((forget, unseen))
+    if not both.size:
+      ax.text(0.5, 0.5, 'no finite losses', ha='center', va='center',
+              transform=ax.transAxes)
+      continue
+    # After gradient ascent a few losses can be orders of magnitude above the
+    # rest; even after log1p they would squash the bulk into a few bins, so
+    # the top of the range is piled into the last bin instead.
+    top = np.quantile(both, _CLIP_QUANTILE)
+    # Shared bins, so that the two densities are comparable bar by bar; numpy
+    # widens a zero-width range (constant losses) to one unit.
+    bins = np.histogram_bin_edges(np.minimum(both, top), bins=_BINS)
+    for name, values, color in (('forget', forget, 'tab:red'),
+                                ('unseen', unseen, 'tab:blue')):
+      # A density of no samples is 0/0; such a split gets no bars.
+      if values.size:
+        ax.hist(np.minimum(values, top), bins=bins, density=True,
+                histtype='stepfilled', alpha=0.45, color=color,
+                label=f'{name} (n={values.size})')
+    ax.legend(fontsize=8)
+  if title:
+    fig.suptitle(title)
+  _save(fig, path)
+
+
+def plot_accuracy_vs_forgetting(records: Sequence[Mapping], path: str, *,
+                                lam: float,
+                                published: Sequence[Mapping] | None = None,
+                                title: str = '') -> None:
+  """Test accuracy against forgetting score, over lines of equal NoMUS.
+
+  NoMUS = λ·accuracy + (1 − λ)·(1 − 2·forgetting) is linear in both, so its
+  level sets are straight lines: a method beats another in NoMUS exactly when
+  it lies on a higher line, whichever of the two metrics it gains on.
+
+  Args:
+    records: one mapping per point, with `method`, `accuracy` and
+      `forgetting_score` (other keys, e.g. `nomus`, are not read); drawn
+      filled and labelled with the method.
+    path: where to write the PNG.
+    lam: the λ of NoMUS whose level lines are drawn, in [0, 1].
+    published: points of the same form from the reference (see
+      mufax.published), drawn hollow and labelled `<method> (paper)`.
+    title: title of the figure.
+
+  Raises:
+    ValueError: if `lam` is not a finite number in [0, 1].
+  """
+  lam_v = float(lam)
+  if not (math.isfinite(lam_v) and 0.0 <= lam_v <= 1.0):
+    raise ValueError(f'NoMUS lambda must be a finite number in [0, 1], '
+                     f'got {lam!r}.')
+  fig = Figure(figsize=(7.0, 5.5), layout='constrained')
+  ax = fig.add_subplot()
+  forgetting, accuracy = np.meshgrid(np.linspace(0.0, 0.5, 101),
+                                     np.linspace(0.0, 1.0, 101))
+  score = lam_v * accuracy + (1.0 - lam_v) * (1.0 - 2.0 * forgetting)
+  lines = ax.contour(forgetting, accuracy, score, levels=_NOMUS_LEVELS,
+                     colors='0.6', linewidths=0.8, linestyles='dashed')
+  ax.clabel(lines, fmt='NoMUS %.1f', fontsize=7)
+  for points, suffix, style in (
+      (records, '', dict(color='tab:blue', label='this experiment')),
+      (published or (), ' (paper)',
+       dict(facecolors='none', edgecolors='black',
+            label='published (SPEC §7)'))):
+    if not points:
+      continue
+    xs = [float(p['forgetting_score']) for p in points]
+    ys = [float(p['accuracy']) for p in points]
+    ax.scatter(xs, ys, s=36, zorder=3, **style)
+    # Methods that barely change the model sit on top of each other; turning
+    # each label to another side of its point keeps most of them readable.
+    for i, (p, x, y) in enumerate(zip(points, xs, ys, strict=True)):
+      dx, dy = _LABEL_OFFSETS[i % len(_LABEL_OFFSETS)]
+      ax.annotate(f'{p["method"]}{suffix}', (x, y), xytext=(dx, dy),
+                  textcoords='offset points', fontsize=7,
+                  ha='left' if dx > 0 else 'right',
+                  va='bottom' if dy > 0 else 'top')
+  if records or published:
+    ax.legend(loc='best', fontsize=8)
+  # A small margin keeps points at 0 forgetting or perfect accuracy visible.
+  ax.set_xlim(-0.01, 0.51)
+  ax.set_ylim(-0.02, 1.02)
+  ax.set_xlabel('forgetting score |M − 0.5|  (lower is better)')
+  ax.set_ylabel('test accuracy  (higher is better)')
+  ax.set_title(f'dashed: NoMUS at λ = {lam_v:g} (higher is better, towards '
+               'the top left)', fontsize=9)
+  if title:
+    fig.suptitle(title)
+  _save(fig, path)

@@ -1,0 +1,38 @@
+"""Advanced NegGrad, the paper's proposal (SPEC §5).
+
+Each step descends the retain loss and ascends the forget loss, weights 1:1,
+with two forward passes (retain first), so in train mode the running
+statistics update twice per step.
+"""
+
+from __future__ import annotations
+
+from mufax.unlearning import core
+from mufax.unlearning import loops
+
+
+def retain_minus_forget(forward, inputs, prepared):
+  del prepared
+  retain_loss = inputs.loss(forward(inputs.images('retain')),
+                            inputs.labels('retain'))
+  forget_loss = inputs.loss(forward(inputs.images('forget')),
+                            inputs.labels('forget'))
+  return retain_loss - forget_loss, {'retain_loss': retain_loss,
+                                     'forget_loss': forget_loss}
+
+
+@core.register('advanced_neggrad')
+class AdvancedNegGrad(core.SGDMethod):
+
+  def stages(self, ctx):
+    epochs, bs = ctx.hp('epochs', 2), ctx.batch_size
+    sizes = ctx.size('retain'), ctx.size('forget')
+    if ctx.task == 'mufac':
+      plan = loops.retain_driven(*sizes, bs, epochs=epochs, seed=ctx.seed,
+                                 use_retain=True)
+    else:
+      plan = loops.zipped(*sizes, bs, epochs=epochs, seed=ctx.seed)
+    return [core.Stage(
+        row='advanced_neggrad', plan=core.step_plan('step', plan),
+        objectives={'step': core.Objective(retain_minus_forget)},
+        learning_rate=ctx.hp('lr', 0.001), bn_train=ctx.bn_train())]

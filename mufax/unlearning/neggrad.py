@@ -1,0 +1,33 @@
+"""NegGrad (SPEC §5): gradient ascent on the forget loss alone."""
+
+from __future__ import annotations
+
+from mufax.unlearning import core
+from mufax.unlearning import loops
+
+
+def forget_ascent(forward, inputs, prepared):
+  del prepared
+  forget_loss = inputs.loss(forward(inputs.images('forget')),
+                            inputs.labels('forget'))
+  return -forget_loss, {'forget_loss': forget_loss}
+
+
+@core.register('neggrad')
+class NegGrad(core.SGDMethod):
+
+  def stages(self, ctx):
+    epochs, bs = ctx.hp('epochs', 2), ctx.batch_size
+    if ctx.task == 'multilabel':
+      # The reference loops over forget alone, skipping its short batch.
+      plan = loops.full_batches('forget', ctx.size('forget'), bs,
+                                epochs=epochs, seed=ctx.seed)
+    else:
+      # Retain batches drive the loop but are not used (MUFAC: 255 steps).
+      plan = loops.retain_driven(ctx.size('retain'), ctx.size('forget'), bs,
+                                 epochs=epochs, seed=ctx.seed,
+                                 use_retain=False)
+    return [core.Stage(
+        row='neggrad', plan=core.step_plan('neggrad', plan),
+        objectives={'neggrad': core.Objective(forget_ascent)},
+        learning_rate=ctx.hp('lr', 0.001), bn_train=ctx.bn_train())]

@@ -1,0 +1,21 @@
+"""Retraining from scratch on retain (SPEC §4): the gold standard row.
+
+It ignores the original model; the runner trains it (or reuses its
+checkpoint) with the dataset's recipe.
+"""
+
+from __future__ import annotations
+
+from mufax.unlearning import core
+
+
+@core.register('retrain')
+class Retrain(core.Method):
+
+  def run(self, ctx, original):
+    del original
+    if ctx.train_from_scratch is None:
+      raise ValueError('retrain needs a context that can train models.')
+    state, seconds, recipe = ctx.train_from_scratch('retrain')
+    yield core.Row('retrain', state.variables, int(state.step),
+                   seconds=seconds, settings=recipe)

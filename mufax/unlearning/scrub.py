@@ -1,0 +1,95 @@
+"""SCRUB (SPEC §5): a student moves towards the original (the teacher, eval
+mode) on retain and away from it on forget.
+
+Each epoch is a pass over retain minimising task loss + KL(teacher ‖ student)
+at temperature T, then a pass over forget maximising the KL. Per dataset, as
+the reference: MUFAC lr 0.001 for 2 epochs, binary MUCAC lr 0.0001 for 1
+epoch, multi-label MUCAC lr 0.001 for 2 epochs with no forget pass. On the
+multi-label task the reference took the KL over a softmax of the three
+independent attribute logits; `paper` keeps that, `clean` uses the KL of each
+attribute's Bernoulli distribution, averaged over the attributes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from mufax.unlearning import core
+from mufax.unlearning import loops
+
+# (learning rate, epochs, forget pass) per SPEC §4 task.
+REFERENCE = {'mufac': (0.001, 2, True), 'binary': (0.0001, 1, True),
+             'multilabel': (0.001, 2, False)}
+
+
+def softmax_kl(teacher_logits, student_logits):
+  """Σ_c p_t (log p_t − log p_s), per sample."""
+  log_t = jax.nn.log_softmax(teacher_logits)
+  log_s = jax.nn.log_softmax(student_logits)
+  return jnp.sum(jnp.exp(log_t) * (log_t - log_s), axis=-1)
+
+
+def bernoulli_kl(teacher_logits, student_logits):
+  """KL of each sigmoid output's Bernoulli distribution, mean per sample."""
+  two_way = lambda z: jnp.stack([z, jnp.zeros_like(z)], axis=-1)
+  return softmax_kl(two_way(teacher_logits),
+                    two_way(student_logits)).mean(axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+  """T² · KL(softmax(t/T) ‖ softmax(s/T)), batch mean, as a step objective.
+
+  `sign` +1 pulls the student to the teacher (retain, with the task loss);
+  −1 pushes it away (forget, KL only).
+  """
+  split: str
+  sign: int
+  temperature: float = 4.0
+  bernoulli: bool = False
+
+  def prepare(self, forward, inputs):
+    del forward
+    return jax.lax.stop_gradient(inputs.teacher(inputs.images(self.split)))
+
+  def loss(self, forward, inputs, teacher_logits):
+    t = self.temperature
+    logits = forward(inputs.images(self.split))
+    kl_fn = bernoulli_kl if self.bernoulli else softmax_kl
+    kl = t * t * kl_fn(teacher_logits / t, logits / t).mean()
+    if self.sign > 0:
+      task_loss = inputs.loss(logits, inputs.labels(self.split))
+      return task_loss + kl, {'task_loss': task_loss, 'kl': kl}
+    return -kl, {'kl': kl}
+
+  def objective(self) -> core.Objective:
+    return core.Objective(self.loss, prepare=self.prepare)
+
+
+@core.register('scrub')
+class SCRUB(core.SGDMethod):
+
+  def stages(self, ctx):
+    lr, epochs, forget_pass = REFERENCE[ctx.task]
+    epochs = ctx.hp('epochs', epochs)
+    temperature = ctx.hp('temperature', 4.0)
+    bernoulli = ctx.loss == 'sigmoid' and ctx.protocol == 'clean'
+    objectives = {
+        name: Distillation(name, sign, temperature, bernoulli).objective()
+        for name, sign in (('retain', 1), ('forget', -1))}
+    plan = []
+    for epoch in range(epochs):
+      for name in ('retain', 'forget') if forget_pass else ('retain',):
+        plan += core.step_plan(name, loops.passes(
+            name, ctx.size(name), ctx.batch_size, epochs=1, seed=ctx.seed,
+            first_epoch=epoch))
+    return [core.Stage(row='scrub', plan=plan, objectives=objectives,
+                       learning_rate=ctx.hp('lr', lr), bn_train=True,
+                       uses_teacher=True)]
+
+  def settings(self, ctx):
+    return {'temperature': ctx.hp('temperature', 4.0),
+            'forget_pass': REFERENCE[ctx.task][2]}
