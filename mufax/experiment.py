@@ -165,7 +165,7 @@ def method_names(config) -> list[str]:
     for n in (ALL_METHODS if name == 'all' else (name,) if name else ()):
       if n not in names:
         names.append(n)
-  known = ('original', *unlearning.METHODS)
+  known = list(dict.fromkeys(ALL_METHODS + tuple(unlearning.METHODS)))
   unknown = [n for n in names if n not in known]
   if unknown or not names:
     raise ConfigError(

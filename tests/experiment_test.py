@@ -52,8 +52,8 @@ class RunTest(absltest.TestCase):
       self.assertGreater(r['wall_seconds'], 0)
       self.assertIsNone(r['published'])
     self.assertEqual(saved['records'][2]['config'],
-                     {'learning_rate': 0.001, 'batch_norm': 'train',
-                      'steps': 16})
+                     {'batch_size': 64, 'learning_rate': 0.001,
+                      'epochs': 2, 'batch_norm': 'train', 'steps': 16})
     # 1000 train images in batches of 64: 16 steps an epoch; retain 600: 10;
     # NegGrad: 20 retain steps less the 4 where one batch is short.
     self.assertEqual([r['update_steps'] for r in records], [32, 20, 16])
@@ -76,12 +76,14 @@ class RunTest(absltest.TestCase):
     self.assertEqual(again[3]['method'], 'finetune')
     self.assertEqual(again[3]['config']['batch_norm'], 'eval')
 
-    # Another setting invalidates the earlier rows.
-    config.unlearn.lr = 0.01
-    config.methods = 'neggrad'
-    changed = experiment.run(config, workdir)
-    self.assertNotEqual(changed[0]['accuracy'], records[2]['accuracy'])
-    # ... which are kept aside rather than overwritten.
+    # Another setting invalidates the earlier rows, which are kept aside
+    # rather than overwritten.
+    config.lam = 0.7
+    config.methods = 'original'
+    [changed] = experiment.run(config, workdir)
+    self.assertEqual(changed['lam'], 0.7)
+    self.assertEqual(changed['accuracy'], records[0]['accuracy'])
+    self.assertNotAlmostEqual(changed['nomus'], records[0]['nomus'])
     [aside] = os.listdir(os.path.join(workdir, 'previous'))
     with open(os.path.join(workdir, 'previous', aside, 'results.json')) as f:
       self.assertLen(json.load(f)['records'], 4)

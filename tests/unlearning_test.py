@@ -12,6 +12,7 @@ from mufax import unlearning
 from mufax.unlearning import cf_k
 from mufax.unlearning import core
 from mufax.unlearning import loops
+from mufax.unlearning import scrub
 from mufax.unlearning import unsir
 
 IMAGE_SIZE = 16
@@ -40,14 +41,24 @@ def fixture_data(n, seed, *, num_classes=8):
           'label': rng.integers(0, num_classes, n)}
 
 
+def multilabel(data):
+  """The fixture's labels as 3 binary attributes, as MUCAC's multi-label."""
+  bits = (data['label'][:, None] >> np.arange(3)) & 1
+  return {'image': data['image'], 'label': bits.astype(np.int64)}
+
+
 def tiny_context(mesh, *, protocol='paper', task='mufac', **hparams):
-  model = models.ResNetTiny(num_outputs=8)
+  sigmoid = task == 'multilabel'
+  model = models.ResNetTiny(num_outputs=3 if sigmoid else 8)
   # 42 retain examples: the short last batch (2) cannot be sharded over 4
   # devices and is replicated; 20 forget: a short batch of 4.
+  data = {'forget': fixture_data(20, 1), 'retain': fixture_data(42, 2)}
+  if sigmoid:
+    data = {name: multilabel(split) for name, split in data.items()}
   ctx = unlearning.Context(
-      model=model, loss='softmax', task=task, protocol=protocol,
-      data={'forget': fixture_data(20, 1), 'retain': fixture_data(42, 2)},
-      mesh=mesh, hparams={'batch_size': BATCH, **hparams}, log_every_s=1e9)
+      model=model, loss='sigmoid' if sigmoid else 'softmax', task=task,
+      protocol=protocol, data=data, mesh=mesh,
+      hparams={'batch_size': BATCH, **hparams}, log_every_s=1e9)
   variables = models.init_variables(model, jax.random.key(0), IMAGE_SIZE)
   return ctx, train.replicate(variables, mesh)
 
@@ -203,6 +214,32 @@ class MethodBehaviourTest(parameterized.TestCase):
     # The Adam steps moved the noise away from the clipped N(0, 1) draw.
     self.assertGreater(np.abs(searched - drawn).max(), 1e-3)
 
+  @parameterized.parameters(('scrub', 'paper'), ('scrub', 'clean'),
+                            ('neggrad', 'paper'), ('unsir', 'paper'))
+  def test_multilabel_task(self, method, protocol):
+    ctx, original = tiny_context(self.mesh, task='multilabel',
+                                 protocol=protocol, epochs=1, lr=0.05)
+    start = host(original)
+    for row in rows_of(ctx, method, original).values():
+      params = host(row.variables['params'])
+      self.assertTrue(jax.tree.all(jax.tree.map(
+          lambda p: bool(np.isfinite(p).all()), params)))
+      self.assertFalse(jax.tree.all(jax.tree.map(np.array_equal,
+                                                 start['params'], params)))
+
+  def test_scrub_kl_variants(self):
+    teacher = jnp.array([[2.0, -1.0, 0.5]])
+    self.assertAlmostEqual(float(scrub.softmax_kl(teacher, teacher)[0]), 0.0,
+                           places=6)
+    self.assertAlmostEqual(float(scrub.bernoulli_kl(teacher, teacher)[0]),
+                           0.0, places=6)
+    # Bernoulli KL of one attribute, by hand: p log(p/q) + (1-p) log(...).
+    p, q = jax.nn.sigmoid(2.0), jax.nn.sigmoid(0.0)
+    by_hand = p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))
+    self.assertAlmostEqual(
+        float(scrub.bernoulli_kl(jnp.array([[2.0]]), jnp.array([[0.0]]))[0]),
+        float(by_hand), places=5)
+
   def test_unsir_reports_both_stages(self):
     ctx, original = tiny_context(self.mesh, epochs=1, repair_epochs=1)
     rows = rows_of(ctx, 'unsir', original)
@@ -226,9 +263,13 @@ class MultiDeviceTest(parameterized.TestCase):
     for devices in (jax.devices()[:1], jax.devices()[:4]):
       ctx, original = tiny_context(train.make_mesh(devices), epochs=1,
                                    lr=0.01)
+      start = host(original)
       results.append({name: host(row.variables)
                       for name, row in rows_of(ctx, method,
                                                original).items()})
+      # The method's donated steps never touched the original's buffers.
+      self.assertTrue(jax.tree.all(jax.tree.map(np.array_equal, start,
+                                                host(original))))
     one, four = results
     self.assertEqual(one.keys(), four.keys())
     for name in one:

@@ -63,7 +63,8 @@ def ensure_built(builder: FaceDatasetBuilder, *,
   if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and not manual_dir:
     raise DataError(
         f'Building {builder.info.full_name.rsplit("/", 1)[0]} needs its source '
-        'files: pass their folder as --manual_dir.'
+        'files: pass their folder as --manual_dir (to run_main.py: '
+        '--config.data.manual_dir).'
         + builder.MANUAL_DOWNLOAD_INSTRUCTIONS)
   if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and not os.path.isdir(manual_dir):
     raise DataError(f'The manual directory {manual_dir} does not exist.'

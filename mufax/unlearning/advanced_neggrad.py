@@ -35,4 +35,5 @@ class AdvancedNegGrad(core.SGDMethod):
     return [core.Stage(
         row='advanced_neggrad', plan=core.step_plan('step', plan),
         objectives={'step': core.Objective(retain_minus_forget)},
-        learning_rate=ctx.hp('lr', 0.001), bn_train=ctx.bn_train())]
+        learning_rate=ctx.hp('lr', 0.001), bn_train=ctx.bn_train(),
+        epochs=epochs)]

@@ -166,12 +166,14 @@ class Stage:
   objectives: Mapping[str, Objective]
   learning_rate: float
   bn_train: bool
+  # Passes over the loop's driving split, as the reference counts them.
+  epochs: int
   # Which top-level parameter groups train (None: all); see `param_group`.
   trainable: frozenset[str] | None = None
   uses_teacher: bool = False
 
   def settings(self) -> dict:
-    return {'learning_rate': self.learning_rate,
+    return {'learning_rate': self.learning_rate, 'epochs': self.epochs,
             'batch_norm': 'train' if self.bn_train else 'eval',
             **({'trainable': sorted(self.trainable)} if self.trainable
                else {})}
@@ -207,19 +209,28 @@ def split_params(params, trainable: frozenset[str] | None):
 # ------------------------------------------------------------------- steps
 
 
+def sgd(learning_rate: float = 0.0) -> optax.GradientTransformation:
+  """torch.optim.SGD without momentum or weight decay (SPEC §5).
+
+  The learning rate lives in the optimizer state rather than in the compiled
+  step, so one compiled step serves every learning rate.
+  """
+  return optax.inject_hyperparams(optax.sgd)(learning_rate=learning_rate)
+
+
 def make_update_step(objective: Objective, *, model: nn.Module, loss: str,
-                     mesh: Mesh, learning_rate: float, bn_train: bool,
+                     mesh: Mesh, bn_train: bool,
                      trainable: frozenset[str] | None,
                      image_size: int | None) -> Callable:
   """Jitted `(state, batches, rng, teacher) -> (state, measurements)`.
 
   `batches` maps data names to sharded {'image', 'label'} batches; each is
   augmented on the device with the train transform. `teacher` is the
-  original's variables (or None). The state is donated. Plain SGD, no
-  momentum or weight decay (SPEC §5). Frozen parameters are outside the
+  original's variables (or None). The state, whose optimizer state holds the
+  learning rate (`sgd`), is donated. Frozen parameters are outside the
   differentiated function, so they stay bit-identical and cost no gradient.
   """
-  tx = optax.sgd(learning_rate)
+  tx = sgd()
 
   def step(state: train.TrainState, batches, rng, teacher):
     rng = jax.random.fold_in(rng, state.step)
@@ -259,7 +270,8 @@ def make_update_step(objective: Objective, *, model: nn.Module, loss: str,
                  out_shardings=(replicated, replicated))
 
 
-def fresh_state(variables, *, trainable: frozenset[str] | None,
+def fresh_state(variables, *, learning_rate: float,
+                trainable: frozenset[str] | None,
                 mesh: Mesh) -> train.TrainState:
   """A state holding copies of `variables`, so donation never frees them."""
 
@@ -269,7 +281,7 @@ def fresh_state(variables, *, trainable: frozenset[str] | None,
     return train.TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
         batch_stats=jax.tree.map(jnp.copy, variables['batch_stats']),
-        opt_state=optax.sgd(1.0).init(trained))
+        opt_state=sgd(learning_rate).init(trained))
 
   return jax.jit(build, out_shardings=train.replicated(mesh))(variables)
 
@@ -312,7 +324,7 @@ class SGDMethod(Method):
       steps += done
       history.append(stage.settings() | {'steps': done})
       if stage.row:
-        settings = self.settings(ctx) | (
+        settings = {'batch_size': ctx.batch_size} | self.settings(ctx) | (
             history[0] if len(history) == 1 else {'stages': list(history)})
         yield Row(stage.row, variables, steps, settings=settings)
 
@@ -322,15 +334,15 @@ def _run_stage(ctx: Context, stage: Stage, variables, *, index: int,
   """Runs one stage's plan from `variables`; returns (variables, steps)."""
   steps = {}
   for key, objective in stage.objectives.items():
-    cache_key = (objective, stage.learning_rate, stage.bn_train,
-                 stage.trainable)
+    cache_key = (objective, stage.bn_train, stage.trainable)
     if cache_key not in ctx._steps:
       ctx._steps[cache_key] = make_update_step(
           objective, model=ctx.model, loss=ctx.loss, mesh=ctx.mesh,
-          learning_rate=stage.learning_rate, bn_train=stage.bn_train,
-          trainable=stage.trainable, image_size=ctx.image_size)
+          bn_train=stage.bn_train, trainable=stage.trainable,
+          image_size=ctx.image_size)
     steps[key] = ctx._steps[cache_key]
-  state = fresh_state(variables, trainable=stage.trainable, mesh=ctx.mesh)
+  state = fresh_state(variables, learning_rate=stage.learning_rate,
+                      trainable=stage.trainable, mesh=ctx.mesh)
   # The stage's starting model, never donated, so it stays unchanged.
   teacher = variables if stage.uses_teacher else None
   rng = train.replicate(

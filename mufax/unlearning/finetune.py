@@ -26,7 +26,7 @@ def retain_stage(ctx: core.Context, row: str, *, epochs: int,
           seed=ctx.seed)),
       objectives={'retain': RETAIN_LOSS},
       learning_rate=ctx.hp('lr', 0.001),
-      bn_train=ctx.bn_train(reference_eval=reference_eval),
+      bn_train=ctx.bn_train(reference_eval=reference_eval), epochs=epochs,
       trainable=trainable)
 
 

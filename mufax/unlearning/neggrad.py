@@ -30,4 +30,5 @@ class NegGrad(core.SGDMethod):
     return [core.Stage(
         row='neggrad', plan=core.step_plan('neggrad', plan),
         objectives={'neggrad': core.Objective(forget_ascent)},
-        learning_rate=ctx.hp('lr', 0.001), bn_train=ctx.bn_train())]
+        learning_rate=ctx.hp('lr', 0.001), bn_train=ctx.bn_train(),
+        epochs=epochs)]

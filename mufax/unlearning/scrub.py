@@ -88,7 +88,7 @@ class SCRUB(core.SGDMethod):
             first_epoch=epoch))
     return [core.Stage(row='scrub', plan=plan, objectives=objectives,
                        learning_rate=ctx.hp('lr', lr), bn_train=True,
-                       uses_teacher=True)]
+                       epochs=epochs, uses_teacher=True)]
 
   def settings(self, ctx):
     return {'temperature': ctx.hp('temperature', 4.0),

@@ -68,14 +68,15 @@ class UNSIR(core.SGDMethod):
   def stages(self, ctx):
     impair = core.Objective(impair_loss, prepare=NoiseSynthesis(
         ctx.hp('noise_steps', 5), ctx.hp('noise_lr', 0.01)))
+    epochs = ctx.hp('epochs', 2)
     plan = loops.zipped(ctx.size('retain'), ctx.size('forget'),
-                        ctx.batch_size, epochs=ctx.hp('epochs', 2),
-                        seed=ctx.seed)
+                        ctx.batch_size, epochs=epochs, seed=ctx.seed)
     return [
         core.Stage(row='unsir_stage1', plan=core.step_plan('impair', plan),
                    objectives={'impair': impair},
                    learning_rate=ctx.hp('lr', 0.001),
-                   bn_train=ctx.bn_train(reference_eval=True)),
+                   bn_train=ctx.bn_train(reference_eval=True),
+                   epochs=epochs),
         finetune.retain_stage(ctx, 'unsir_stage2',
                               epochs=ctx.hp('repair_epochs', 1),
                               reference_eval=True),
