@@ -13,6 +13,7 @@ from PIL import Image
 from configs import quickstart
 from mufax import experiment
 from mufax import published
+from mufax.data.errors import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -133,8 +134,9 @@ class ConfigsTest(absltest.TestCase):
     scrub = importlib.import_module('configs.mucac_scrub')
     self.assertEqual(scrub.get_config().data.dataset, 'mucac/multilabel')
     self.assertEqual(scrub.get_config('gender').data.dataset, 'mucac/gender')
-    with self.assertRaisesRegex(ValueError, 'smiling'):
-      scrub.get_config('age')
+    with self.assertRaisesRegex(DataError, "Unknown dataset 'mucac/age'.*"
+                                           'mucac/smiling'):
+      experiment.run(scrub.get_config('age'), self.create_tempdir().full_path)
 
 
 class TableTest(absltest.TestCase):
