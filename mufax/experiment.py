@@ -187,9 +187,10 @@ def check_config(config) -> list[str]:
     if u[field] is not None and not u[field] > 0:
       raise ConfigError(f'config.unlearn.{field}={u[field]} must be > 0.')
   for field in ('epochs', 'repair_epochs', 'noise_steps', 'batch_size'):
-    if u[field] is not None and u[field] < (0 if field == 'noise_steps'
-                                             else 1):
-      raise ConfigError(f'config.unlearn.{field}={u[field]} is too small.')
+    least = 0 if field == 'noise_steps' else 1
+    if u[field] is not None and u[field] < least:
+      raise ConfigError(f'config.unlearn.{field}={u[field]} must be at least '
+                        f'{least}.')
   groups = len(unlearning.core.PARAM_GROUPS)
   if u.k is not None and not 1 <= u.k <= groups:
     raise ConfigError(f'config.unlearn.k={u.k}: CF-k trains the last k of the '
