@@ -26,6 +26,7 @@ from mufax import plots
 from mufax import published
 from mufax import train
 from mufax import unlearning
+from mufax.unlearning import cf_k
 from mufax.data import prepare
 from mufax.data import splits as splits_lib
 
@@ -176,9 +177,11 @@ def method_names(config) -> list[str]:
 
 def check_config(config) -> list[str]:
   """Refuses values that cannot work; returns the methods to run."""
-  if not 0 <= config.lam <= 1:
+  try:
+    metrics.nomus_lambda(config.lam)
+  except ValueError as e:
     raise ConfigError(f'config.lam={config.lam}: the NoMUS weight λ must lie '
-                      'in [0, 1].')
+                      'in [0, 1].') from e
   if config.protocol not in ('paper', 'clean'):
     raise ConfigError(f'config.protocol={config.protocol!r}: choose paper or '
                       'clean.')
@@ -191,12 +194,11 @@ def check_config(config) -> list[str]:
     if u[field] is not None and u[field] < least:
       raise ConfigError(f'config.unlearn.{field}={u[field]} must be at least '
                         f'{least}.')
-  groups = len(unlearning.core.PARAM_GROUPS)
-  if u.k is not None and not 1 <= u.k <= groups:
-    raise ConfigError(f'config.unlearn.k={u.k}: CF-k trains the last k of the '
-                      f'{groups} parameter groups '
-                      f'({", ".join(unlearning.core.PARAM_GROUPS)}); choose '
-                      f'k in 1..{groups}.')
+  if u.k is not None:
+    try:
+      cf_k.trainable_groups(u.k)
+    except ValueError as e:
+      raise ConfigError(f'config.unlearn.k: {e}') from e
   return method_names(config)
 
 

@@ -99,6 +99,11 @@ def forgetting_score(mia: float) -> float:
   return abs(_unit(mia, 'mia') - 0.5)
 
 
+def nomus_lambda(lam: float) -> float:
+  """NoMUS's weight λ as a float; ValueError unless finite and in [0, 1]."""
+  return _unit(lam, 'NoMUS lambda')
+
+
 def nomus(accuracy: float, mia: float, lam: float = 0.5) -> float:
   """NoMUS = λ·accuracy + (1 − λ)·(1 − 2·|M − 0.5|), in [0, 1], higher is better.
 
@@ -107,10 +112,7 @@ def nomus(accuracy: float, mia: float, lam: float = 0.5) -> float:
     mia: the MIA score M from `membership_inference`, not the forgetting score.
     lam: weight λ of utility against forgetting, in [0, 1].
   """
-  lam_v = float(lam)
-  if not (math.isfinite(lam_v) and 0.0 <= lam_v <= 1.0):
-    raise ValueError(f'NoMUS lambda must be a finite number in [0, 1], '
-                     f'got {lam!r}.')
+  lam_v = nomus_lambda(lam)
   acc = _unit(accuracy, 'accuracy')
   return lam_v * acc + (1.0 - lam_v) * (1.0 - 2.0 * forgetting_score(mia))
 

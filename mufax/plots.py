@@ -14,6 +14,8 @@ import os
 from matplotlib.figure import Figure
 import numpy as np
 
+from mufax import metrics
+
 _DPI = 120
 _BINS = 40
 _CLIP_QUANTILE = 0.995
@@ -122,10 +124,7 @@ def plot_accuracy_vs_forgetting(records: Sequence[Mapping], path: str, *,
   Raises:
     ValueError: if `lam` is not a finite number in [0, 1].
   """
-  lam_v = float(lam)
-  if not (math.isfinite(lam_v) and 0.0 <= lam_v <= 1.0):
-    raise ValueError(f'NoMUS lambda must be a finite number in [0, 1], '
-                     f'got {lam!r}.')
+  lam_v = metrics.nomus_lambda(lam)
   fig = Figure(figsize=(7.0, 5.5), layout='constrained')
   ax = fig.add_subplot()
   forgetting, accuracy = np.meshgrid(np.linspace(0.0, 0.5, 101),
