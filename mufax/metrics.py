@@ -166,11 +166,6 @@ def multilabel_accuracies(logits, labels) -> np.ndarray:
   return np.mean((logits > 0) == (labels == 1), axis=0, dtype=np.float64)
 
 
-def multilabel_average_accuracy(logits, labels) -> float:
-  """Mean of `multilabel_accuracies`: the utility of multi-label MUCAC."""
-  return float(np.mean(multilabel_accuracies(logits, labels)))
-
-
 def loss_auc(forget_losses, unseen_losses) -> float:
   """ROC AUC of −loss as a score for "is a forget sample" (forget = positive).
 

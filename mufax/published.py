@@ -1,17 +1,20 @@
-"""The reference's published results (SPEC §7), to set our numbers beside.
+"""The reference's published results (docs/protocol.md §7), to set ours beside.
 
-Typed in from the tables of Choi & Na (2023) as SPEC §7 gives them: ResNet-18,
-λ = 0.5, one run per number, rounded to 4 digits. They are the reference's
-claims, not ground truth, so nothing here is used to compute a metric; the
-tables and plots of an experiment only show them next to its own results.
+Typed in from the tables of Choi & Na (2023) as protocol §7 gives them:
+ResNet-18, λ = 0.5, one run per number, rounded to 4 digits. They are the
+reference's claims, not ground truth, so nothing here is used to compute a
+metric; the tables and plots of an experiment only show them next to its own
+results.
 """
 
 from __future__ import annotations
 
-SOURCE = ('Choi & Na (2023), arXiv 2311.02240, as copied in SPEC §7: '
-          'ResNet-18, single runs, NoMUS with λ = 0.5.')
+from mufax import tasks
 
-# Row names as mufax's methods are called, in the column order of SPEC §7.
+SOURCE = ('Choi & Na (2023), arXiv 2311.02240, as listed in '
+          'docs/protocol.md §7: ResNet-18, single runs, NoMUS with λ = 0.5.')
+
+# Row names as mufax's methods are called, in the column order of protocol §7.
 METHODS = ('original', 'retrain', 'finetune', 'cf3', 'neggrad', 'unsir_stage1',
            'unsir_stage2', 'scrub', 'advanced_neggrad')
 
@@ -45,8 +48,8 @@ _MUCAC_MULTILABEL = (
     (0.7607, 0.0152, 0.8651),
 )
 
-# SPEC §7 prints the binary tables transposed (one line per metric); they are
-# kept that way so that each line can be checked against SPEC at a glance.
+# Protocol §7 prints the binary tables transposed (one line per metric); they
+# are kept that way so that each line can be checked against it at a glance.
 _MUCAC_BINARY_BY_METRIC = {
     'gender': (
         (.9835, .9515, .9849, .9840, .1762, .9481, .9845, .1762, .9147),
@@ -65,8 +68,9 @@ _MUCAC_BINARY_BY_METRIC = {
     ),
 }
 
-# (keys, rows) per MUCAC config, rows in METHODS order.
-_MUCAC = {
+# (keys, rows) per published task, by `tasks.Task.name`; rows in METHODS order.
+_TABLES = {
+    'age': (_MUFAC_KEYS, _MUFAC),
     'multilabel': (_MUCAC_KEYS, _MUCAC_MULTILABEL),
     **{attribute: (_MUCAC_KEYS, tuple(zip(*by_metric, strict=True)))
        for attribute, by_metric in _MUCAC_BINARY_BY_METRIC.items()},
@@ -77,26 +81,22 @@ def published(dataset: str, method: str) -> dict[str, float] | None:
   """The published numbers of `method` on `dataset`, or None if there are none.
 
   Args:
-    dataset: a `name/config` of mufax.data.prepare.dataset_names(). Every
-      `mufac/...` config maps to the one MUFAC table (the reference has only
-      its own protocol; a `clean` run is compared with it all the same).
-      `mucac/multilabel`, `mucac/gender`, `mucac/smiling` and `mucac/young`
-      map to their tables; anything else (e.g. `synthetic_faces/small`) has
-      none.
+    dataset: a `name` or `name/config` of mufax.data.prepare.dataset_names().
+      Every MUFAC config maps to the one MUFAC table (the reference has only
+      its own protocol; a `clean` run is compared with it all the same); MUCAC
+      configs map to the table of their task; the synthetic stand-in has none.
     method: one of METHODS; others (e.g. `cf2`) were not published.
 
   Returns:
     A new dict: for MUFAC `accuracy`, `top2_accuracy`, `forgetting_score` and
     `nomus`; for MUCAC `accuracy` (the average accuracy for multi-label),
     `forgetting_score` and `nomus`.
+
+  Raises:
+    DataError: `dataset` is unknown (`tasks.task_of`).
   """
-  name, _, config = dataset.partition('/')
-  if name == 'mufac' and config:
-    keys, rows = _MUFAC_KEYS, _MUFAC
-  elif name == 'mucac' and config in _MUCAC:
-    keys, rows = _MUCAC[config]
-  else:
+  task = tasks.task_of(dataset)
+  if task.benchmark is None or method not in METHODS:
     return None
-  if method not in METHODS:
-    return None
+  keys, rows = _TABLES[task.name]
   return dict(zip(keys, rows[METHODS.index(method)], strict=True))

@@ -1,10 +1,13 @@
-"""SPEC §4: how the original and the retrained models are trained, per task.
+"""How the original and the retrained models are trained (docs/protocol.md §4).
 
-Configs copy these values into `config.original` and `config.retrain`, where
-the command line can override each of them.
+Keyed by `tasks.Task.family`. Configs copy these values into
+`config.original` and `config.retrain`, where the command line can override
+each of them.
 """
 
 from __future__ import annotations
+
+from mufax import tasks
 
 _MUFAC = {'learning_rate': 0.01, 'momentum': 0.9, 'epochs': 30,
           'decay_epochs': (10, 20), 'batch_size': 64}
@@ -27,9 +30,5 @@ RECIPES = {
 
 
 def task_of(dataset: str) -> str:
-  """The SPEC §4 row of a dataset name: mufac, multilabel or binary."""
-  family, _, config = dataset.partition('/')
-  if family == 'mucac':
-    return 'multilabel' if config in ('', 'multilabel') else 'binary'
-  # MUFAC, and the synthetic stand-in for it, classify age groups.
-  return 'mufac'
+  """`tasks.task_of(dataset).family`; kept until its callers use tasks."""
+  return tasks.task_of(dataset).family

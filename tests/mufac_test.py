@@ -170,7 +170,7 @@ class MufacFixtureTest(absltest.TestCase):
 
 
 class MufacRealDataTest(absltest.TestCase):
-  """The real release gives exactly the counts of SPEC §2.1."""
+  """The real release gives exactly the counts of protocol §2.1."""
 
   @classmethod
   def setUpClass(cls):
@@ -196,7 +196,7 @@ class MufacRealDataTest(absltest.TestCase):
     self.assertEqual(classes['unseen'], [398, 360, 274, 214, 166, 63, 24, 5])
     self.assertEqual(classes['forget'], [285, 238, 209, 194, 258, 149, 110, 57])
     overlap = summary['identity_overlap']
-    self.assertEqual(overlap.pop('retain/forget'), 1)  # F0046/D, as SPEC says.
+    self.assertEqual(overlap.pop('retain/forget'), 1)  # F0046/D (protocol §2.1).
     self.assertEqual(set(overlap.values()), {0})
     straddler = {i for i, in data_testing.read_split(builder, 'forget', 'identity')
                  } & {i for i, in data_testing.read_split(builder, 'retain', 'identity')}

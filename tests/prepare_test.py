@@ -1,10 +1,12 @@
 """The prepare command: dataset names, clear errors, its JSON report."""
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 
+from absl import flags
 from absl.testing import absltest
 
 import data_testing
@@ -57,6 +59,20 @@ class PrepareTest(absltest.TestCase):
     again = run_prepare('--dataset=synthetic_faces', f'--data_dir={data_dir}')
     self.assertIsNone(json.loads(again.stdout.strip().splitlines()[-1])
                       ['build_seconds'])
+
+  def test_importing_the_commands_defines_no_flags(self):
+    # Flags are defined when the command runs, so that a program importing
+    # these modules (run_main.py) does not accept and then ignore them.
+    importlib.import_module('mufax.data.audit')
+    for name in ('dataset', 'data_dir', 'manual_dir', 'max_distance'):
+      self.assertNotIn(name, flags.FLAGS)
+
+  def test_help_lists_the_flags(self):
+    # absl prints the help to stdout and exits with status 1.
+    result = run_prepare('--help')
+    self.assertNotIn('Traceback', result.stderr)
+    for flag in ('--dataset', '--data_dir', '--manual_dir'):
+      self.assertIn(flag, result.stdout)
 
   def test_cli_bad_input_is_one_clear_line(self):
     # The fixture has 16 train rows: too few to forget the real 1,500.

@@ -1,4 +1,4 @@
-"""The published SPEC §7 tables: lookups and their internal consistency."""
+"""The published protocol §7 tables: lookups and their internal consistency."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from mufax import published
+from mufax.data.errors import DataError
 
 TABLES = ('mufac/paper', 'mucac/multilabel', 'mucac/gender', 'mucac/smiling',
           'mucac/young')
@@ -25,7 +26,7 @@ class ConsistencyTest(parameterized.TestCase):
                   0.5 * (1.0 - 2.0 * row['forgetting_score']))
     # Each number is rounded to 4 digits: accuracy and forgetting move the
     # recomputed NoMUS by up to 0.5·5e-5 + 0.5·2·5e-5 = 7.5e-5, the printed
-    # NoMUS is off by up to 5e-5. Every row of SPEC §7 lands within that, so a
+    # NoMUS is off by up to 5e-5. Every row of §7 lands within that, so a
     # mistyped digit anywhere in a row shows up here.
     self.assertLessEqual(abs(recomputed - row['nomus']), 1.25e-4 + 1e-12)
 
@@ -39,7 +40,7 @@ class ConsistencyTest(parameterized.TestCase):
       self.assertBetween(row['top2_accuracy'], row['accuracy'], 1.0)
 
   def test_no_two_rows_of_a_table_are_the_same(self):
-    # Catches a row pasted twice. (Single cells do repeat in SPEC: gender
+    # Catches a row pasted twice. (Single cells do repeat in §7: gender
     # NegGrad and SCRUB both have accuracy .1762, smiling both .5549.)
     for dataset in TABLES:
       rows = [tuple(published.published(dataset, m).values())
@@ -61,8 +62,13 @@ class LookupTest(parameterized.TestCase):
 
   def test_every_mufac_config_has_the_one_table(self):
     for method in published.METHODS:
-      self.assertEqual(published.published('mufac/clean', method),
-                       published.published('mufac/paper', method))
+      for dataset in ('mufac/clean', 'mufac'):
+        self.assertEqual(published.published(dataset, method),
+                         published.published('mufac/paper', method))
+
+  def test_bare_mucac_is_its_default_multilabel_config(self):
+    self.assertEqual(published.published('mucac', 'scrub'),
+                     published.published('mucac/multilabel', 'scrub'))
 
   def test_mucac_multilabel(self):
     self.assertEqual(published.published('mucac/multilabel', 'scrub'),
@@ -73,7 +79,7 @@ class LookupTest(parameterized.TestCase):
                           nomus=0.8631))
 
   @parameterized.parameters(
-      # SPEC prints these tables transposed (one line per metric); cells from
+      # §7 prints these tables transposed (one line per metric); cells from
       # several columns check that methods and metrics were not swapped.
       ('gender', 'unsir_stage1', 0.9481, 0.0638, 0.9102),
       ('smiling', 'scrub', 0.5549, 0.4680, 0.3094),
@@ -94,16 +100,18 @@ class LookupTest(parameterized.TestCase):
 
   @parameterized.parameters(
       ('synthetic_faces/small', 'original'),
-      ('mufac', 'original'),
-      ('mucac', 'original'),
-      ('mucac/male', 'original'),
-      ('celeba/young', 'original'),
+      ('synthetic_faces/large', 'scrub'),
       ('mufac/paper', 'cf2'),
       ('mucac/young', 'unknown'),
       ('mufac/paper', 'Original'),
   )
   def test_none(self, dataset, method):
     self.assertIsNone(published.published(dataset, method))
+
+  @parameterized.parameters('mucac/male', 'celeba/young')
+  def test_unknown_dataset(self, dataset):
+    with self.assertRaisesRegex(DataError, f'Unknown dataset {dataset!r}'):
+      published.published(dataset, 'original')
 
   def test_source(self):
     self.assertIn('Choi & Na', published.SOURCE)

@@ -3,9 +3,10 @@
 Built from CelebA-HQ in the manual directory: the images `CelebA-HQ-img/N.jpg`
 (1024x1024, resized here to 128x128 as torchvision's `Resize(128)` does) and the
 two text files `CelebA-HQ-identity.txt` and `CelebA-HQ-attribute.txt`. Splits
-follow the identity number (SPEC §2.2): test < 190 <= forget < 1250 <= retain
-< 4855 <= unseen. Configs: `multilabel` (label = [gender, smiling, young], each
-0/1) and one binary task per attribute (`gender`, `smiling`, `young`).
+follow the identity number (docs/protocol.md §2.2): test < 190 <= forget < 1250
+<= retain < 4855 <= unseen. Configs: `multilabel` (label = [gender, smiling,
+young], each 0/1) and one binary task per attribute (`gender`, `smiling`,
+`young`).
 
 `read_metadata` and `split_by_identity` are pure functions of the two text
 files, so splits and labels can be checked without the images.
@@ -37,7 +38,7 @@ NUM_ATTRIBUTES = 40
 CLASS_NAMES = {'gender': ('female', 'male'),
                'smiling': ('not_smiling', 'smiling'),
                'young': ('not_young', 'young')}
-# Lowest identity number of each split after `test` (SPEC §2.2).
+# Lowest identity number of each split after `test` (docs/protocol.md §2.2).
 SPLIT_STARTS = (('forget', 190), ('retain', 1250), ('unseen', 4855))
 
 _INSTRUCTIONS = f"""

@@ -2,8 +2,8 @@
 
 Reads the release archive `custom_korean_family_dataset_resolution_128.zip`
 (or the folder it unzips to) from the manual directory; no download. Labels are
-the eight age classes a..h. The benchmark's splits (SPEC §2.1) rename the
-release's CSVs: `custom_val_dataset.csv` is `test` (utility), and
+the eight age classes a..h. The benchmark's splits (docs/protocol.md §2.1)
+rename the release's CSVs: `custom_val_dataset.csv` is `test` (utility), and
 `custom_test_dataset.csv` is `unseen` (the MIA's non-members).
 
 Configs:
@@ -25,9 +25,9 @@ import zipfile
 
 import tensorflow_datasets as tfds
 
-from mufax.data import audit
 from mufax.data import face_builder
 from mufax.data import images
+from mufax.data import phash
 from mufax.data.errors import DataError
 
 ARCHIVE = 'custom_korean_family_dataset_resolution_128.zip'
@@ -58,7 +58,7 @@ class MufacConfig(tfds.core.BuilderConfig):
   num_forget_rows: int = NUM_FORGET_ROWS
   whole_identities: bool = False
   drop_near_duplicates: bool = False
-  near_duplicate_distance: int = audit.DEFAULT_MAX_DISTANCE
+  near_duplicate_distance: int = phash.DEFAULT_MAX_DISTANCE
 
 
 class Release:
@@ -201,9 +201,9 @@ class Mufac(face_builder.FaceDatasetBuilder):
     return index
 
   def _drop_near_duplicates(self, index):
-    hashes = {split: audit.perceptual_hash(
+    hashes = {split: phash.perceptual_hash(
         [self._decode(r) for r in records]) for split, records in index.items()}
-    pairs = audit.near_duplicate_pairs(
+    pairs = phash.near_duplicate_pairs(
         hashes, max_distance=self.builder_config.near_duplicate_distance)
     dropped = {(p.split_a, p.index_a) for p in pairs if p.split_a != p.split_b}
     dropped |= {(p.split_b, p.index_b) for p in pairs if p.split_a != p.split_b}

@@ -10,7 +10,6 @@ shared by each split pair.
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import sys
@@ -108,12 +107,22 @@ def format_splits(summary: dict) -> str:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('dataset', 'synthetic_faces',
-                    'Dataset as name/config, e.g. mufac/paper, mucac/gender.')
-flags.DEFINE_string('data_dir', DEFAULT_DATA_DIR,
-                    'Where prepared datasets live ($TFDS_DATA_DIR).')
-flags.DEFINE_string('manual_dir', None,
-                    'Folder holding the source files (MUFAC archive, CelebA-HQ).')
+
+
+def define_flags() -> None:
+  """The command's flags: --dataset, --data_dir and --manual_dir.
+
+  Called only when a command runs (this one, or the audit that shares them),
+  never on import: a program importing this module, such as run_main.py, must
+  not accept flags that it would then ignore.
+  """
+  flags.DEFINE_string('dataset', 'synthetic_faces',
+                      'Dataset as name/config, e.g. mufac/paper, mucac/gender.')
+  flags.DEFINE_string('data_dir', DEFAULT_DATA_DIR,
+                      'Where prepared datasets live ($TFDS_DATA_DIR).')
+  flags.DEFINE_string(
+      'manual_dir', None,
+      'Folder holding the source files (MUFAC archive, CelebA-HQ).')
 
 
 def main(argv):
@@ -136,4 +145,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
