@@ -230,7 +230,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       image_size=image_size, log_every_s=config.log_every_s,
       train_from_scratch=from_scratch)
   done = previous_records(workdir, config)
-  records, original = [], None
+  records, original = [], []
+
+  def original_model():
+    # Trained, resumed or restored from its checkpoint only when a row
+    # needs it: a row reused from results.json does not.
+    if not original:
+      original.append(from_scratch('original'))
+    return original[0]
+
   for name in names:
     method = unlearning.METHODS.get(name)
     rows = method.row_names(ctx) if method else [name]
@@ -238,14 +246,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       train.log(f'{name}: reusing the results of an earlier run in {workdir}')
       records += [done[r] for r in rows]
       continue
-    if original is None and name != 'retrain':
-      original = from_scratch('original')
     if name == 'original':
-      state, seconds, settings = original
+      state, seconds, settings = original_model()
       produced = iter([unlearning.Row('original', state.variables,
                                       int(state.step), seconds, settings)])
     else:
-      produced = method.run(ctx, original[0].variables)
+      produced = method.run(
+          ctx, original_model()[0].variables if method.needs_original
+          else None)
     start = time.perf_counter()
     while True:
       row = next(produced, None)

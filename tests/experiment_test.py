@@ -113,6 +113,59 @@ class RunTest(absltest.TestCase):
     self.assertIn("Unknown dataset 'mufac/tidy'", result.stderr)
 
 
+class KillAndResumeTest(absltest.TestCase):
+  """A run killed with SIGKILL and started again ends as an unkilled run."""
+
+  def command(self, data_dir, workdir):
+    return [sys.executable, 'run_main.py', '--config=configs/quickstart.py',
+            '--config.model.name=resnet_tiny', '--config.model.num_filters=0',
+            '--config.original.epochs=2', '--config.original.decay_epochs=(1,)',
+            '--config.retrain.epochs=6', '--config.retrain.decay_epochs=(3,)',
+            '--config.methods=original,retrain,neggrad',
+            f'--config.data.data_dir={data_dir}', f'--workdir={workdir}']
+
+  def results(self, workdir):
+    with open(os.path.join(workdir, 'results.json')) as f:
+      records = json.load(f)['records']
+    for r in records:
+      r.pop('wall_seconds')
+    return records
+
+  def test_killed_while_retraining_resumes_to_the_same_results(self):
+    data_dir = self.create_tempdir().full_path
+    whole = self.create_tempdir().full_path
+    subprocess.run(self.command(data_dir, whole), cwd=REPO, check=True,
+                   capture_output=True, timeout=600)
+
+    workdir = self.create_tempdir().full_path
+    killed = subprocess.Popen(self.command(data_dir, workdir), cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    seen = []
+    try:
+      # The original row is written before the retrained model trains; kill
+      # once retrain has saved its second epoch.
+      for line in killed.stdout:
+        seen.append(line)
+        if line.startswith('epoch 2/6'):
+          break
+    finally:
+      killed.kill()
+      killed.wait()
+    self.assertTrue(any(l.startswith('original: accuracy') for l in seen),
+                    ''.join(seen))
+    self.assertEqual([r['method'] for r in self.results(workdir)],
+                     ['original'])
+
+    resumed = subprocess.run(self.command(data_dir, workdir), cwd=REPO,
+                             capture_output=True, text=True, timeout=600,
+                             check=False)
+    self.assertEqual(resumed.returncode, 0, resumed.stdout + resumed.stderr)
+    self.assertIn('original: reusing the results', resumed.stdout)
+    self.assertIn('resuming from the checkpoint of epoch 2', resumed.stdout)
+    self.assertEqual(self.results(workdir), self.results(whole))
+
+
 class ConfigsTest(absltest.TestCase):
 
   def test_every_config_names_known_methods(self):

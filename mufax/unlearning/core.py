@@ -291,6 +291,9 @@ def fresh_state(variables, *, learning_rate: float,
 
 class Method:
   """An unlearning method: `run` yields the rows it produces."""
+  # Whether `run` starts from the original model; the runner passes None
+  # to a method that does not, without loading the original.
+  needs_original = True
 
   def __init__(self, name: str):
     self.name = name

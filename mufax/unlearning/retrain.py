@@ -11,6 +11,7 @@ from mufax.unlearning import core
 
 @core.register('retrain')
 class Retrain(core.Method):
+  needs_original = False
 
   def run(self, ctx, original):
     del original
