@@ -19,6 +19,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from mufax import engine
 from mufax import experiment
 from mufax.data.errors import DataError
 
@@ -43,7 +44,8 @@ def main(argv):
       'results', f'{name}-{argument}' if argument else name)
   try:
     records = experiment.run(_CONFIG.value, workdir)
-  except (DataError, experiment.ConfigError) as e:
+  except (DataError, experiment.ConfigError,
+          engine.PopulationTooLarge) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
   print(experiment.format_table(records))

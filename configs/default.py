@@ -5,7 +5,7 @@ from ml_collections.config_dict import placeholder
 
 
 def recipe_overrides() -> ml_collections.ConfigDict:
-  """Fields of a training recipe; None keeps SPEC §4's value for the dataset."""
+  """Fields of a training recipe; None keeps protocol §4's value for the dataset."""
   return ml_collections.ConfigDict({
       'learning_rate': placeholder(float),
       'momentum': placeholder(float),
@@ -36,10 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Comma-separated rows of the table: original, retrain, finetune, cf_k,
   # neggrad, advanced_neggrad, unsir (two rows), scrub; or all.
   config.methods = 'original'
-  # SPEC §4 recipes of the models trained from scratch.
+  # protocol §4 recipes of the models trained from scratch.
   config.original = recipe_overrides()
   config.retrain = recipe_overrides()
-  # SPEC §5 hyperparameters of the unlearning methods. None keeps the
+  # protocol §5 hyperparameters of the unlearning methods. None keeps the
   # reference's value for the method and dataset.
   config.unlearn = ml_collections.ConfigDict({
       'lr': placeholder(float),
@@ -52,7 +52,21 @@ def get_config() -> ml_collections.ConfigDict:
       'repair_epochs': placeholder(int),  # UNSIR stage 2 (reference: 1)
   })
 
-  config.protocol = 'paper'  # or clean (SPEC §8)
+  # Every row is a population of models, one per seed config.seed + k
+  # (docs/evaluation.md); the engine trains them at once, in one program.
+  config.population = ml_collections.ConfigDict()
+  config.population.size = 1
+  # True: one original (seed config.seed) that every member unlearns from,
+  # each with its own seed (the NeurIPS 2023 challenge's setting); False:
+  # member k unlearns from original k.
+  config.population.shared_original = False
+  # Device memory a population may use, in GiB; 0: what the device reports
+  # (on CPU, the host's available memory shared by its devices).
+  config.population.device_memory_gb = 0.0
+  # JAX's persistent compilation cache; empty: <workdir>/jax_cache.
+  config.compilation_cache_dir = ''
+
+  config.protocol = 'paper'  # or clean (protocol §8)
   config.lam = 0.5  # NoMUS weight λ of accuracy
   config.seed = 42
   config.log_every_s = 30.0

@@ -1,4 +1,4 @@
-"""MUCAC: advanced NegGrad (SPEC §5) beside the original.
+"""MUCAC: advanced NegGrad (protocol §5) beside the original.
 
 The task is the config argument: configs/mucac_advanced_neggrad.py:gender (or smiling,
 young); multilabel when none is given.

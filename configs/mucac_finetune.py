@@ -1,4 +1,4 @@
-"""MUCAC: fine-tuning (SPEC §5) beside the original.
+"""MUCAC: fine-tuning (protocol §5) beside the original.
 
 The task is the config argument: configs/mucac_finetune.py:gender (or smiling,
 young); multilabel when none is given.

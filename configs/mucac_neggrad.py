@@ -1,4 +1,4 @@
-"""MUCAC: NegGrad (SPEC §5) beside the original.
+"""MUCAC: NegGrad (protocol §5) beside the original.
 
 The task is the config argument: configs/mucac_neggrad.py:gender (or smiling,
 young); multilabel when none is given.

@@ -1,4 +1,4 @@
-"""MUCAC: the original model of SPEC §4.
+"""MUCAC: the original model of protocol §4.
 
 The task is the config argument: configs/mucac_original.py:gender (or smiling,
 young); multilabel when none is given.

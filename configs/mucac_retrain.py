@@ -1,4 +1,4 @@
-"""MUCAC: the model retrained from scratch on retain (SPEC §4).
+"""MUCAC: the model retrained from scratch on retain (protocol §4).
 
 The task is the config argument: configs/mucac_retrain.py:gender (or smiling,
 young); multilabel when none is given.

@@ -1,4 +1,4 @@
-"""MUCAC: SCRUB (SPEC §5) beside the original.
+"""MUCAC: SCRUB (protocol §5) beside the original.
 
 The task is the config argument: configs/mucac_scrub.py:gender (or smiling,
 young); multilabel when none is given.

@@ -1,4 +1,4 @@
-"""MUCAC: UNSIR stages 1 and 2 (SPEC §5) beside the original.
+"""MUCAC: UNSIR stages 1 and 2 (protocol §5) beside the original.
 
 The task is the config argument: configs/mucac_unsir.py:gender (or smiling,
 young); multilabel when none is given.

@@ -1,4 +1,4 @@
-"""MUFAC (paper splits): advanced NegGrad (SPEC §5) beside the original."""
+"""MUFAC (paper splits): advanced NegGrad (protocol §5) beside the original."""
 
 from configs import default
 

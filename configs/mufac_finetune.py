@@ -1,4 +1,4 @@
-"""MUFAC (paper splits): fine-tuning (SPEC §5) beside the original."""
+"""MUFAC (paper splits): fine-tuning (protocol §5) beside the original."""
 
 from configs import default
 

@@ -1,4 +1,4 @@
-"""MUFAC (paper splits): NegGrad (SPEC §5) beside the original."""
+"""MUFAC (paper splits): NegGrad (protocol §5) beside the original."""
 
 from configs import default
 

@@ -1,4 +1,4 @@
-"""MUFAC (paper splits): the original model of SPEC §4."""
+"""MUFAC (paper splits): the original model of protocol §4."""
 
 from configs import default
 

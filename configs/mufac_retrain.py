@@ -1,4 +1,4 @@
-"""MUFAC (paper splits): the model retrained from scratch on retain (SPEC §4)."""
+"""MUFAC (paper splits): the model retrained from scratch on retain (protocol §4)."""
 
 from configs import default
 

@@ -1,4 +1,4 @@
-"""MUFAC (paper splits): SCRUB (SPEC §5) beside the original."""
+"""MUFAC (paper splits): SCRUB (protocol §5) beside the original."""
 
 from configs import default
 

@@ -1,4 +1,4 @@
-"""MUFAC (paper splits): UNSIR stages 1 and 2 (SPEC §5) beside the original."""
+"""MUFAC (paper splits): UNSIR stages 1 and 2 (protocol §5) beside the original."""
 
 from configs import default
 

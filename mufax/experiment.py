@@ -18,12 +18,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mufax import engine as engine_lib
 from mufax import input_pipeline
+from mufax import losses as losses_lib
 from mufax import metrics
 from mufax import models
-from mufax import recipes
 from mufax import plots
 from mufax import published
+from mufax import recipes
+from mufax import tasks
 from mufax import train
 from mufax import unlearning
 from mufax.unlearning import cf_k
@@ -53,6 +56,8 @@ class Task:
   dataset: str
   # What the model predicts: age, multilabel, gender, smiling or young.
   name: str
+  # The protocol §4/§5 row: mufac, multilabel or binary.
+  family: str
   loss: str
   num_outputs: int
   label_names: list[str]
@@ -61,28 +66,21 @@ class Task:
 
 def load_task(config: ml_collections.ConfigDict) -> Task:
   """Prepares the config's dataset if needed and reads every split."""
+  task = tasks.task_of(config.data.dataset)
   builder = prepare.prepare(
       config.data.dataset,
       data_dir=config.data.data_dir or prepare.DEFAULT_DATA_DIR,
       manual_dir=config.data.manual_dir or None)
-  loss, num_outputs = train.loss_kind(builder.info.features['label'])
+  loss, num_outputs = losses_lib.loss_kind(builder.info.features['label'])
   start = time.perf_counter()
   data = {split: input_pipeline.read_split(builder.as_data_source(split))
           for split in splits_lib.SPLITS}
-  train.log(f'read {config.data.dataset}: ' + ', '.join(
+  engine_lib.log(f'read {config.data.dataset}: ' + ', '.join(
       f'{s} {len(d["label"])}' for s, d in data.items())
       + f' images in {time.perf_counter() - start:.1f} s')
-  return Task(dataset=config.data.dataset, name=task_name(config.data.dataset),
-              loss=loss,
-              num_outputs=num_outputs, label_names=builder.label_names(),
-              splits=data)
-
-
-def task_name(dataset: str) -> str:
-  family, _, variant = dataset.partition('/')
-  if family == 'mucac':
-    return variant or 'multilabel'
-  return 'age'
+  return Task(dataset=config.data.dataset, name=task.name, family=task.family,
+              loss=loss, num_outputs=num_outputs,
+              label_names=builder.label_names(), splits=data)
 
 
 def make_model(config: ml_collections.ConfigDict, num_outputs: int):
@@ -99,8 +97,10 @@ def make_model(config: ml_collections.ConfigDict, num_outputs: int):
 
 
 def recipe(config: ml_collections.ConfigDict, kind: str) -> train.Recipe:
-  """SPEC §4's recipe of `kind` for the dataset, with the config's overrides."""
-  values = dict(recipes.RECIPES[recipes.task_of(config.data.dataset)][kind])
+  """Protocol §4's recipe of `kind` for the dataset, with the config's
+  overrides."""
+  family = tasks.task_of(config.data.dataset).family
+  values = dict(recipes.RECIPES[family][kind])
   values.update({k: v for k, v in config[kind].items() if v is not None})
   r = train.Recipe.from_config(values)
   if r.epochs < 1 or r.batch_size < 1 or r.learning_rate <= 0:
@@ -109,54 +109,92 @@ def recipe(config: ml_collections.ConfigDict, kind: str) -> train.Recipe:
   return r
 
 
-def checkpoint_dir(config, workdir: str, kind: str) -> str:
-  """One model per dataset, kind, protocol and seed; methods share it."""
+def seeds_of(config, kind: str = 'method') -> tuple[int, ...]:
+  """The population's seeds: config.seed + 0..N-1; the original's alone
+  (config.seed) when every member unlearns from one shared original."""
+  if kind == 'original' and config.population.shared_original:
+    return (config.seed,)
+  return tuple(config.seed + k for k in range(config.population.size))
+
+
+def checkpoint_dir(config, workdir: str, kind: str,
+                   seeds: tuple[int, ...]) -> str:
+  """One population per dataset, kind, protocol and seeds; methods share it."""
   name = re.sub(r'[^A-Za-z0-9]+', '-', config.data.dataset)
+  which = (f'seed{seeds[0]}' if len(seeds) == 1
+           else f'seeds{seeds[0]}-{seeds[-1]}')
   return os.path.join(workdir, 'checkpoints',
-                      f'{name}-{kind}-{config.protocol}-seed{config.seed}')
+                      f'{name}-{kind}-{config.protocol}-{which}')
 
 
-def train_from_scratch(kind: str, config, task: Task, *, model, mesh,
-                       workdir: str) -> tuple[train.TrainState, float, dict]:
-  """The original (on train) or retrained (on retain) model of SPEC §4.
+def train_from_scratch(kind: str, config, *, engine: engine_lib.Engine,
+                       workdir: str) -> unlearning.Row:
+  """The original (on train) or retrained (on retain) population of
+  protocol §4, one model per seed.
 
-  Reuses or resumes the checkpoint of an earlier run with the same settings.
-  Returns the state, the seconds its epochs took (over all runs that trained
-  it) and its recipe.
+  Reuses or resumes the checkpoint of an earlier run with the same settings;
+  the row's seconds are those its epochs took, over all runs that trained it.
   """
   r = recipe(config, kind)
-  train.log(f'{kind}: training on {TRAIN_SPLIT[kind]} '
-            f'({len(task.splits[TRAIN_SPLIT[kind]]["label"])} images), {r}')
+  seeds = seeds_of(config, kind)
+  split = TRAIN_SPLIT[kind]
+  engine_lib.log(f'{kind}: training on {split} '
+                 f'({len(engine.splits[split]["label"])} images)'
+                 + (f', {len(seeds)} models' if len(seeds) > 1 else '')
+                 + f', {r}')
   state, history = train.fit(
-      r, model=model, loss=task.loss,
-      train_data=task.splits[TRAIN_SPLIT[kind]],
-      eval_data={'test': task.splits['test']}, mesh=mesh,
-      checkpoint_dir=checkpoint_dir(config, workdir, kind), seed=config.seed,
-      image_size=config.data.image_size or None,
-      log_every_s=config.log_every_s)
-  return (state, sum(h['seconds'] for h in history),
-          dataclasses.asdict(r) | {'batch_norm': 'train'})
+      r, engine=engine, split=split, seeds=seeds, eval_split='test',
+      checkpoint_dir=checkpoint_dir(config, workdir, kind, seeds))
+  return unlearning.Row(
+      kind, state.variables, update_steps=int(np.asarray(state.step)[0]),
+      seconds=sum(h['seconds'] for h in history),
+      compile_seconds=sum(h.get('compile_seconds', 0.0) for h in history),
+      flops=sum(h.get('flops', 0.0) for h in history),
+      settings=dataclasses.asdict(r) | {'batch_norm': 'train'})
 
 
-def evaluate_model(variables, *, eval_step, task: Task, mesh, lam: float
+def evaluate_model(variables, *, engine: engine_lib.Engine, task: Task,
+                   lam: float, seeds: tuple[int, ...]
                    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-  """SPEC §6: utility on test, MIA on forget vs unseen, NoMUS; losses."""
-  results = {split: train.evaluate(eval_step, variables, task.splits[split],
-                                   mesh=mesh, loss=task.loss)
+  """Protocol §6 for every member of a population: utility on test, MIA on
+  forget vs unseen, NoMUS. Returns the record (means over the members, and
+  each member's own under `members` when there are several) and the
+  per-sample losses [members, examples] of every split in LOSS_SPLITS."""
+  results = {split: engine.evaluate(variables, split)
              for split in LOSS_SPLITS}
-  test = results['test']
-  mia = metrics.membership_inference(results['forget']['loss'],
-                                     results['unseen']['loss'])
-  record = {k: v for k, v in test.items() if k not in ('logits', 'loss')}
-  if 'attribute_accuracies' in record:
-    record['attribute_accuracies'] = dict(zip(
-        task.label_names, record['attribute_accuracies']))
-  record.update(
-      mia=mia, forgetting_score=metrics.forgetting_score(mia),
-      nomus=metrics.nomus(record['accuracy'], mia, lam=lam), lam=lam,
-      loss_auc=metrics.loss_auc(results['forget']['loss'],
-                                results['unseen']['loss']))
+  labels = task.splits['test']['label']
+  per_member = []
+  for k, seed in enumerate(seeds):
+    record = {'seed': seed, **losses_lib.accuracies(
+        results['test']['logits'][k], labels, task.loss)}
+    if 'attribute_accuracies' in record:
+      record['attribute_accuracies'] = dict(zip(
+          task.label_names, record['attribute_accuracies']))
+    forget, unseen = results['forget']['loss'][k], results['unseen']['loss'][k]
+    mia = metrics.membership_inference(forget, unseen)
+    record.update(mia=mia, forgetting_score=metrics.forgetting_score(mia),
+                  nomus=metrics.nomus(record['accuracy'], mia, lam=lam),
+                  lam=lam, loss_auc=metrics.loss_auc(forget, unseen))
+    per_member.append(record)
+  record = mean_record(per_member)
+  if len(per_member) > 1:
+    record['members'] = per_member
   return record, {split: results[split]['loss'] for split in LOSS_SPLITS}
+
+
+def mean_record(records: list[dict]) -> dict:
+  """The members' records averaged key by key (a seed list for `seed`)."""
+  out = {}
+  for key, value in records[0].items():
+    if key == 'seed':
+      out['seeds'] = [r['seed'] for r in records]
+    elif isinstance(value, dict):
+      out[key] = mean_record([r[key] for r in records])
+    elif isinstance(value, (int, float)) and key != 'lam':
+      out[key] = float(np.mean([r[key] for r in records]))
+    else:
+      out[key] = value
+  return out
 
 
 def method_names(config) -> list[str]:
@@ -185,6 +223,9 @@ def check_config(config) -> list[str]:
   if config.protocol not in ('paper', 'clean'):
     raise ConfigError(f'config.protocol={config.protocol!r}: choose paper or '
                       'clean.')
+  if not config.population.size >= 1:
+    raise ConfigError(f'config.population.size={config.population.size} '
+                      'must be at least 1.')
   u = config.unlearn
   for field in ('lr', 'noise_lr', 'temperature'):
     if u[field] is not None and not u[field] > 0:
@@ -202,6 +243,28 @@ def check_config(config) -> list[str]:
   return method_names(config)
 
 
+def enable_compilation_cache(config, workdir: str) -> None:
+  """JAX's persistent compilation cache, so that a second run of the same
+  table compiles nothing. A cache the process already set up is kept."""
+  if jax.config.jax_compilation_cache_dir:
+    return
+  directory = config.compilation_cache_dir or os.path.join(workdir,
+                                                           'jax_cache')
+  jax.config.update('jax_compilation_cache_dir', os.path.abspath(directory))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+def make_engine(config, task: Task) -> engine_lib.Engine:
+  limit = config.population.device_memory_gb
+  return engine_lib.Engine(
+      make_model(config, task.num_outputs), loss=task.loss,
+      splits=task.splits, image_size=config.data.image_size or None,
+      log_every_s=config.log_every_s,
+      memory_limit=int(limit * 2**30) if limit else
+      engine_lib.device_memory())
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """Runs the config's methods and writes results to `workdir`.
 
@@ -209,30 +272,26 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   are kept rather than computed again, so a stopped run loses nothing.
   """
   names = check_config(config)
+  enable_compilation_cache(config, workdir)
   task = load_task(config)
-  model = make_model(config, task.num_outputs)
-  mesh = train.make_mesh()
-  train.log(f'{jax.device_count()} {jax.default_backend()} device(s); '
-            f'methods: {", ".join(names)}')
-  image_size = config.data.image_size or None
-  eval_step = train.make_eval_step(model, mesh=mesh, loss=task.loss,
-                                   image_size=image_size)
+  engine = make_engine(config, task)
+  seeds = seeds_of(config)
+  engine_lib.log(f'{jax.device_count()} {jax.default_backend()} device(s); '
+                 f'methods: {", ".join(names)}')
+  engine_lib.log(engine.memory_plan(
+      len(seeds), engine.abstract_state(engine_lib.SGD, len(seeds))))
 
   def from_scratch(kind):
-    return train_from_scratch(kind, config, task, model=model, mesh=mesh,
-                              workdir=workdir)
+    return train_from_scratch(kind, config, engine=engine, workdir=workdir)
 
   ctx = unlearning.Context(
-      model=model, loss=task.loss, task=recipes.task_of(task.dataset),
-      protocol=config.protocol,
-      data={s: task.splits[s] for s in ('forget', 'retain')}, mesh=mesh,
-      seed=config.seed, hparams=config.unlearn.to_dict(),
-      image_size=image_size, log_every_s=config.log_every_s,
-      train_from_scratch=from_scratch)
+      loss=task.loss, task=task.family, protocol=config.protocol,
+      data=task.splits, engine=engine, seeds=seeds,
+      hparams=config.unlearn.to_dict(), train_from_scratch=from_scratch)
   done = previous_records(workdir, config)
   records, original = [], []
 
-  def original_model():
+  def original_model() -> unlearning.Row:
     # Trained, resumed or restored from its checkpoint only when a row
     # needs it: a row reused from results.json does not.
     if not original:
@@ -243,39 +302,33 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     method = unlearning.METHODS.get(name)
     rows = method.row_names(ctx) if method else [name]
     if all(r in done for r in rows):
-      train.log(f'{name}: reusing the results of an earlier run in {workdir}')
+      engine_lib.log(f'{name}: reusing the results of an earlier run in '
+                     f'{workdir}')
       records += [done[r] for r in rows]
       continue
     if name == 'original':
-      state, seconds, settings = original_model()
-      produced = iter([unlearning.Row('original', state.variables,
-                                      int(state.step), seconds, settings)])
+      produced = iter([original_model()])
     else:
       produced = method.run(
-          ctx, original_model()[0].variables if method.needs_original
-          else None)
-    start = time.perf_counter()
-    while True:
-      row = next(produced, None)
-      if row is None:
-        break
-      seconds = time.perf_counter() - start
-      record, losses = evaluate_model(row.variables, eval_step=eval_step,
-                                      task=task, mesh=mesh, lam=config.lam)
+          ctx, original_model().variables if method.needs_original else None)
+    for row in produced:
+      row_seeds = seeds_of(config, row.name)
+      record, losses = evaluate_model(row.variables, engine=engine, task=task,
+                                      lam=config.lam, seeds=row_seeds)
       record = {'method': row.name, 'dataset': task.dataset,
                 'task': task.name, 'protocol': config.protocol,
-                'seed': config.seed, **record,
-                'wall_seconds': seconds if row.seconds is None
-                                else row.seconds,
+                'seed': row_seeds[0], 'population': len(row_seeds),
+                **record, 'wall_seconds': row.seconds,
+                'compile_seconds': row.compile_seconds, 'flops': row.flops,
                 'update_steps': row.update_steps, 'config': row.settings,
                 'published': published.published(task.dataset, row.name)}
-      train.log(f'{row.name}: accuracy {record["accuracy"]:.4f}, MIA '
-                f'{record["mia"]:.4f}, NoMUS {record["nomus"]:.4f}')
+      engine_lib.log(f'{row.name}: accuracy {record["accuracy"]:.4f}, MIA '
+                     f'{record["mia"]:.4f}, NoMUS {record["nomus"]:.4f}'
+                     + (f' (means of {len(row_seeds)} models)'
+                        if len(row_seeds) > 1 else ''))
       records.append(record)
       save_losses(workdir, row.name, losses)
       write_results(workdir, records, config)
-      # The next row's clock excludes this evaluation.
-      start = time.perf_counter() - seconds
   write_plots(workdir, records, config)
   return records
 
@@ -288,8 +341,9 @@ def save_losses(workdir: str, name: str, losses: dict[str, np.ndarray]):
 def comparable_config(config: dict) -> dict:
   """The settings that decide a row's result (not which rows to run)."""
   config = json.loads(json.dumps(config, default=str))
-  for key in ('methods', 'log_every_s'):
+  for key in ('methods', 'log_every_s', 'compilation_cache_dir'):
     config.pop(key, None)
+  config.get('population', {}).pop('device_memory_gb', None)
   return config
 
 
@@ -311,7 +365,7 @@ def previous_records(workdir: str, config) -> dict[str, dict]:
     for name in RESULT_FILES:
       if os.path.exists(os.path.join(workdir, name)):
         os.rename(os.path.join(workdir, name), os.path.join(aside, name))
-    train.log(f'{workdir} held results of other settings; moved to {aside}')
+    engine_lib.log(f'{workdir} held results of other settings; moved to {aside}')
     return {}
   return {r['method']: r for r in saved.get('records', [])
           if os.path.exists(os.path.join(workdir, 'losses',
@@ -336,7 +390,8 @@ def write_plots(workdir: str, records: list[dict], config) -> None:
   losses = {}
   for r in records:
     with np.load(os.path.join(workdir, 'losses', f'{r["method"]}.npz')) as z:
-      losses[r['method']] = {'forget': z['forget'], 'unseen': z['unseen']}
+      losses[r['method']] = {'forget': z['forget'].ravel(),
+                             'unseen': z['unseen'].ravel()}
   title = f'{config.data.dataset} ({config.protocol}, seed {config.seed})'
   plots.plot_loss_histograms(
       losses, os.path.join(workdir, 'loss_histograms.png'),
@@ -351,7 +406,7 @@ def write_plots(workdir: str, records: list[dict], config) -> None:
 def format_table(records: list[dict]) -> str:
   """The results as a Markdown table in the paper's layout, for people.
 
-  Where SPEC §7 publishes the row, its numbers follow ours ("paper").
+  Where protocol §7 publishes the row, its numbers follow ours ("paper").
   """
   has = lambda key: any(key in r for r in records)
   attributes = next((list(r['attribute_accuracies']) for r in records

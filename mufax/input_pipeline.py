@@ -1,11 +1,12 @@
-"""Reading face splits, batching them like a DataLoader, augmenting in JAX.
+"""Reading face splits, ordering them like a DataLoader, augmenting in JAX.
 
 Splits are TFDS datasets read by random access (`tfds.data_source`, no
-TensorFlow). Batches follow `DataLoader(batch_size, shuffle, drop_last=False)`:
-the last batch may be partial, because some unlearning methods skip batches
-smaller than 64. The train-time augmentation (SPEC §2.3) is a pure JAX function
-meant to run inside the jitted train step, so the host only ships uint8 images,
-or nothing at all when the split is held in device memory.
+TensorFlow) into numpy, then held in device memory (`device_put_split`) and
+batched there (`gather_batch`) from index plans that follow
+`DataLoader(batch_size, shuffle, drop_last=False)`: the last batch may be
+partial, because some unlearning methods skip batches smaller than 64. The
+train-time augmentation (protocol §2.3) is a pure JAX function that runs
+inside the compiled step.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,7 @@ import tensorflow_datasets as tfds
 
 Batch = dict[str, np.ndarray]
 
-# SPEC §2.3: RandomAffine(0, shear=10, scale=(0.8, 1.2)),
+# protocol §2.3: RandomAffine(0, shear=10, scale=(0.8, 1.2)),
 # ColorJitter(0.2, 0.2, 0.2).
 MAX_SHEAR_DEGREES = 10.0
 SCALE_RANGE = (0.8, 1.2)
@@ -110,52 +111,6 @@ def epoch_order(n: int, *, shuffle: bool, seed: int = 0,
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def batch_indices(n: int, batch_size: int, *, shuffle: bool = False,
-                  seed: int = 0, epoch: int = 0, drop_last: bool = False,
-                  process_index: int | None = None,
-                  process_count: int | None = None) -> Iterator[np.ndarray]:
-  """This process's example indices for each global batch of one epoch.
-
-  Every process derives the same global order; process i of P takes the i-th
-  contiguous 1/P of each global batch, so concatenating the processes' slices
-  gives the single-process batch. `batch_size` is the global batch size.
-  """
-  p = jax.process_count() if process_count is None else process_count
-  i = jax.process_index() if process_index is None else process_index
-  last = 0 if drop_last else n % batch_size
-  if batch_size % p or last % p:
-    raise ValueError(
-        f'Global batch size {batch_size} and the last partial batch '
-        f'({last} of {n} examples) must both divide by the {p} processes, so '
-        'that every process gets an equal slice. Change the batch size, or '
-        'pass drop_last=True.')
-  order = epoch_order(n, shuffle=shuffle, seed=seed, epoch=epoch)
-  count = num_batches(n, batch_size, drop_last=drop_last)
-  return _local_slices(order, batch_size, count, i, p)
-
-
-def _local_slices(order, batch_size, count, i, p):
-  for b in range(count):
-    batch = order[b * batch_size:(b + 1) * batch_size]
-    local = len(batch) // p
-    yield batch[i * local:(i + 1) * local]
-
-
-def batches(data, batch_size: int, **kwargs) -> Iterator[Batch]:
-  """Batches of an in-memory split (a dict of arrays) or of a data source.
-
-  Keyword arguments are those of `batch_indices`; a data source is read per
-  batch with `read_split`.
-  """
-  if isinstance(data, Mapping):
-    n = len(next(iter(data.values())))
-    for idx in batch_indices(n, batch_size, **kwargs):
-      yield {k: v[idx] for k, v in data.items()}
-  else:
-    for idx in batch_indices(len(data), batch_size, **kwargs):
-      yield read_split(data, idx)
-
-
 # ---------------------------------------------------- device-resident splits
 
 
@@ -189,19 +144,22 @@ def to_float(images: jax.Array) -> jax.Array:
 
 
 def sample_augment_params(rng: jax.Array, n: int) -> dict[str, jax.Array]:
-  """Per-image random draws of the train-time augmentation (SPEC §2.3)."""
-  k_flip, k_shear, k_scale, k_factors, k_order = jax.random.split(rng, 5)
+  """Per-image random draws of the train-time augmentation (protocol §2.3).
+
+  All of them come from one uniform draw of [n, 9]: every separate random
+  call inlines its own copy of the generator, which XLA's CPU compiler
+  takes seconds over.
+  """
+  u = jax.random.uniform(rng, (n, 9))
+  between = lambda u, low, high: low + (high - low) * u
   return {
-      'flip': jax.random.bernoulli(k_flip, 0.5, (n,)),
-      'shear': jax.random.uniform(k_shear, (n,), minval=-MAX_SHEAR_DEGREES,
-                                  maxval=MAX_SHEAR_DEGREES),
-      'scale': jax.random.uniform(k_scale, (n,), minval=SCALE_RANGE[0],
-                                  maxval=SCALE_RANGE[1]),
+      'flip': u[:, 0] < 0.5,
+      'shear': between(u[:, 1], -MAX_SHEAR_DEGREES, MAX_SHEAR_DEGREES),
+      'scale': between(u[:, 2], *SCALE_RANGE),
       # Columns: brightness, contrast, saturation factors.
-      'factors': jax.random.uniform(k_factors, (n, 3), minval=1 - JITTER,
-                                    maxval=1 + JITTER),
+      'factors': between(u[:, 3:6], 1 - JITTER, 1 + JITTER),
       # Row j: the jitter ops of image j in the order they apply.
-      'order': jnp.argsort(jax.random.uniform(k_order, (n, 3)), axis=1),
+      'order': jnp.argsort(u[:, 6:9], axis=1),
   }
 
 
@@ -273,7 +231,7 @@ def apply_augment(images: jax.Array,
 
 
 def augment(images: jax.Array, rng: jax.Array) -> jax.Array:
-  """SPEC §2.3 train-time augmentation of an NHWC batch; float32 in [0, 1].
+  """protocol §2.3 train-time augmentation of an NHWC batch; float32 in [0, 1].
 
   Accepts uint8 or [0, 1] float images; pure and jit-able.
   """

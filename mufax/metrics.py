@@ -1,4 +1,4 @@
-"""Evaluation metrics of the benchmark (SPEC §6), as pure functions on numpy.
+"""Evaluation metrics of the benchmark (protocol §6), as pure functions on numpy.
 
 Utility is test accuracy; forgetting is measured by the reference's
 membership-inference attack (MIA), a logistic regression on per-sample losses
@@ -49,7 +49,7 @@ def _unit(x, name: str) -> float:
 
 def membership_inference(forget_losses, unseen_losses, *, seed: int = 42,
                          n_splits: int = 10) -> float:
-  """The reference MIA score M (SPEC §6): mean accuracy of a loss-only attack.
+  """The reference MIA score M (protocol §6): mean accuracy of a loss-only attack.
 
   Reproduces the reference notebook step by step, so that the same losses give
   the same score: shuffle the forget losses as `np.random.seed(seed);

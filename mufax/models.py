@@ -1,4 +1,4 @@
-"""ResNet-18 exactly as torchvision builds it (SPEC §3), in Flax Linen, NHWC.
+"""ResNet-18 exactly as torchvision builds it (protocol §3), in Flax Linen, NHWC.
 
 Module names follow torchvision's `state_dict` keys with `.` written as `_`
 (`layer1_0/downsample_0/kernel` is `layer1.0.downsample.0.weight`), so that
@@ -92,7 +92,7 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
   """torchvision's ResNet with BasicBlocks; `num_outputs` logits.
 
-  Input: float images in [0, 1], NHWC (SPEC §2.3: no normalisation).
+  Input: float images in [0, 1], NHWC (protocol §2.3: no normalisation).
   `dtype` is the compute dtype (e.g. bfloat16 for mixed precision); parameters,
   BatchNorm statistics and the returned logits stay float32.
   """
@@ -125,6 +125,18 @@ ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2))
 # Same structure and names at a width and depth that compile and run in a
 # moment; for tests.
 ResNetTiny = functools.partial(ResNet, stage_sizes=(1, 1, 1, 1), num_filters=4)
+
+
+# Units a ResNet's parameters fall into, input to output; CF-k trains the
+# last k of them.
+PARAM_GROUPS = ('stem', 'layer1', 'layer2', 'layer3', 'layer4', 'fc')
+
+
+def param_group(name: str) -> str:
+  """'layer3_1' -> 'layer3'; the stem's conv1/bn1 -> 'stem'."""
+  if name in ('conv1', 'bn1'):
+    return 'stem'
+  return name.split('_')[0]
 
 
 def init_variables(model: nn.Module, rng: jax.Array, image_size: int):

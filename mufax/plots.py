@@ -137,7 +137,7 @@ def plot_accuracy_vs_forgetting(records: Sequence[Mapping], path: str, *,
       (records, '', dict(color='tab:blue', label='this experiment')),
       (published or (), ' (paper)',
        dict(facecolors='none', edgecolors='black',
-            label='published (SPEC §7)'))):
+            label='published (protocol §7)'))):
     if not points:
       continue
     xs = [float(p['forgetting_score']) for p in points]

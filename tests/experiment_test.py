@@ -36,6 +36,7 @@ class RunTest(absltest.TestCase):
     workdir = self.create_tempdir().full_path
     config = tiny_config(data_dir)
     config.methods = 'original,retrain,neggrad'
+    config.population.size = 2
     records = experiment.run(config, workdir)
 
     self.assertEqual([r['method'] for r in records],
@@ -44,13 +45,22 @@ class RunTest(absltest.TestCase):
       saved = json.load(f)
     self.assertEqual(saved['config']['original']['epochs'], 2)
     for r in saved['records']:
-      self.assertEqual((r['dataset'], r['task'], r['protocol'], r['seed']),
-                       ('synthetic_faces/small', 'age', 'paper', 42))
+      self.assertEqual((r['dataset'], r['task'], r['protocol'], r['seed'],
+                        r['population'], r['seeds']),
+                       ('synthetic_faces/small', 'age', 'paper', 42, 2,
+                        [42, 43]))
+      # Every member's record, and their means at the top level.
+      self.assertEqual([m['seed'] for m in r['members']], [42, 43])
       for key in ('accuracy', 'top2_accuracy', 'mia', 'loss_auc'):
-        self.assertBetween(r[key], 0, 1)
-      self.assertAlmostEqual(r['forgetting_score'], abs(r['mia'] - 0.5))
+        for m in r['members']:
+          self.assertBetween(m[key], 0, 1)
+        self.assertAlmostEqual(r[key],
+                               np.mean([m[key] for m in r['members']]))
+      for m in r['members']:
+        self.assertAlmostEqual(m['forgetting_score'], abs(m['mia'] - 0.5))
       self.assertEqual(r['lam'], 0.5)
       self.assertGreater(r['wall_seconds'], 0)
+      self.assertGreaterEqual(r['compile_seconds'], 0)
       self.assertIsNone(r['published'])
     self.assertEqual(saved['records'][2]['config'],
                      {'batch_size': 64, 'learning_rate': 0.001,
@@ -59,9 +69,9 @@ class RunTest(absltest.TestCase):
     # NegGrad: 20 retain steps less the 4 where one batch is short.
     self.assertEqual([r['update_steps'] for r in records], [32, 20, 16])
     losses = np.load(os.path.join(workdir, 'losses', 'neggrad.npz'))
-    self.assertEqual({k: len(losses[k]) for k in losses.files},
-                     {'forget': 400, 'unseen': 400, 'test': 320,
-                      'retain': 600})
+    self.assertEqual({k: losses[k].shape for k in losses.files},
+                     {'forget': (2, 400), 'unseen': (2, 400),
+                      'test': (2, 320), 'retain': (2, 600)})
     self.assertTrue(np.all(np.isfinite(losses['forget'])))
     with open(os.path.join(workdir, 'results.md')) as f:
       self.assertIn('| neggrad |', f.read())
@@ -117,7 +127,11 @@ class KillAndResumeTest(absltest.TestCase):
   """A run killed with SIGKILL and started again ends as an unkilled run."""
 
   def command(self, data_dir, workdir):
+    # One compilation cache for the three runs: the second and third compile
+    # nothing.
+    cache = os.path.join(data_dir, 'jax_cache')
     return [sys.executable, 'run_main.py', '--config=configs/quickstart.py',
+            f'--config.compilation_cache_dir={cache}',
             '--config.model.name=resnet_tiny', '--config.model.num_filters=0',
             '--config.original.epochs=2', '--config.original.decay_epochs=(1,)',
             '--config.retrain.epochs=6', '--config.retrain.decay_epochs=(3,)',

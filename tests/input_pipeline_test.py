@@ -110,73 +110,28 @@ class ReadTest(absltest.TestCase):
     self.assertEqual(data['label'].shape, (3, 3))
     np.testing.assert_array_equal(data['label'][1], [1, 0, 1])
 
-  def test_batches_over_source_equal_in_memory(self):
-    source = self.open('train', decode_images=False)
-    memory = ip.read_split(source)
-    from_source = list(ip.batches(source, 4, shuffle=True, seed=3, epoch=1))
-    from_memory = list(ip.batches(memory, 4, shuffle=True, seed=3, epoch=1))
-    self.assertEqual([len(b['label']) for b in from_source], [4, 2])
-    for a, b in zip(from_source, from_memory):
-      for key in ('image', 'label', 'identity', 'file_name'):
-        np.testing.assert_array_equal(a[key], b[key])
-
-
 class BatchingTest(absltest.TestCase):
 
-  def indices(self, n, batch_size, **kwargs):
-    return [list(b) for b in ip.batch_indices(
-        n, batch_size, process_index=0, process_count=1, **kwargs)]
-
-  def test_eval_order_with_partial_last_batch(self):
-    self.assertEqual(self.indices(10, 4),
-                     [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]])
+  def test_batch_counts(self):
     self.assertEqual(ip.num_batches(10, 4), 3)
-
-  def test_drop_last(self):
-    self.assertEqual(self.indices(10, 4, drop_last=True),
-                     [[0, 1, 2, 3], [4, 5, 6, 7]])
     self.assertEqual(ip.num_batches(10, 4, drop_last=True), 2)
 
   def test_shuffle_is_a_fixed_permutation_per_seed_and_epoch(self):
-    epoch0 = self.indices(100, 64, shuffle=True, seed=42, epoch=0)
-    self.assertEqual([len(b) for b in epoch0], [64, 36])
-    self.assertEqual(sorted(sum(epoch0, [])), list(range(100)))
-    self.assertEqual(epoch0, self.indices(100, 64, shuffle=True, seed=42,
-                                          epoch=0))
-    self.assertNotEqual(epoch0, self.indices(100, 64, shuffle=True, seed=42,
-                                             epoch=1))
-    self.assertNotEqual(epoch0, self.indices(100, 64, shuffle=True, seed=43,
-                                             epoch=0))
-    self.assertNotEqual(sum(epoch0, []), list(range(100)))
-
-  def test_process_slices_concatenate_to_the_global_batch(self):
-    kwargs = dict(shuffle=True, seed=7, epoch=2)
-    whole = self.indices(22, 8, **kwargs)
-    shards = [list(ip.batch_indices(22, 8, process_index=i, process_count=2,
-                                    **kwargs)) for i in range(2)]
-    self.assertEqual([len(b) for b in shards[0]], [4, 4, 3])
-    for b, global_batch in enumerate(whole):
-      self.assertEqual(list(shards[0][b]) + list(shards[1][b]), global_batch)
-
-  def test_indivisible_batches_are_refused(self):
-    with self.assertRaisesRegex(ValueError, 'divide by the 3 processes'):
-      ip.batch_indices(12, 8, process_index=0, process_count=3)
-    with self.assertRaisesRegex(ValueError, 'drop_last=True'):
-      ip.batch_indices(10, 4, process_index=0, process_count=4)
-    self.assertLen(list(ip.batch_indices(
-        10, 4, drop_last=True, process_index=0, process_count=4)), 2)
-
-  def test_batches_of_arrays(self):
-    data = {'label': np.arange(10) * 10,
-            'identity': np.array(list('abcdefghij'))}
-    got = list(ip.batches(data, 4, process_index=0, process_count=1))
-    np.testing.assert_array_equal(got[2]['label'], [80, 90])
-    self.assertEqual(list(got[0]['identity']), list('abcd'))
+    epoch0 = ip.epoch_order(100, shuffle=True, seed=42, epoch=0).tolist()
+    self.assertEqual(sorted(epoch0), list(range(100)))
+    self.assertEqual(epoch0, ip.epoch_order(100, shuffle=True, seed=42,
+                                            epoch=0).tolist())
+    self.assertNotEqual(epoch0, ip.epoch_order(100, shuffle=True, seed=42,
+                                               epoch=1).tolist())
+    self.assertNotEqual(epoch0, ip.epoch_order(100, shuffle=True, seed=43,
+                                               epoch=0).tolist())
+    self.assertNotEqual(epoch0, list(range(100)))
+    self.assertEqual(ip.epoch_order(5, shuffle=False).tolist(), [0, 1, 2, 3, 4])
 
 
 class DeviceSplitTest(absltest.TestCase):
 
-  def test_device_gather_equals_host_batches(self):
+  def test_device_gather_equals_host_indexing(self):
     rng = np.random.default_rng(0)
     data = {'image': rng.integers(0, 256, (10, 4, 4, 3), dtype=np.uint8),
             'label': np.arange(10), 'identity': np.array(list('abcdefghij'))}
@@ -187,13 +142,11 @@ class DeviceSplitTest(absltest.TestCase):
       if target is not None:
         self.assertTrue(on_device['image'].sharding.is_fully_replicated)
       gather = jax.jit(ip.gather_batch)
-      kwargs = dict(shuffle=True, seed=1, epoch=0, process_index=0,
-                    process_count=1)
-      for idx, host in zip(ip.batch_indices(10, 4, **kwargs),
-                           ip.batches(data, 4, **kwargs)):
+      order = ip.epoch_order(10, shuffle=True, seed=1)
+      for idx in (order[:4], order[4:8], order[8:]):
         got = gather(on_device, jnp.asarray(idx))
-        np.testing.assert_array_equal(got['image'], host['image'])
-        np.testing.assert_array_equal(got['label'], host['label'])
+        np.testing.assert_array_equal(got['image'], data['image'][idx])
+        np.testing.assert_array_equal(got['label'], data['label'][idx])
 
 
 def _fixed(n, *, flip=False, shear=0.0, scale=1.0, factors=(1.0, 1.0, 1.0),

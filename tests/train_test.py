@@ -1,4 +1,5 @@
-"""Train and eval steps: 4 devices equal 1, resuming, the torch optimizer."""
+"""Training populations: members equal single models, devices equal one
+device, the compiled loop equals host-fed steps, resuming, refusing."""
 
 import jax
 import ml_collections
@@ -6,19 +7,45 @@ import numpy as np
 import optax
 import torch
 from absl.testing import absltest
-from absl.testing import parameterized
 
+from mufax import engine
 from mufax import models
 from mufax import train
 
+IMAGE_SIZE = 16
 
-def random_split(n: int, *, size: int = 32, outputs: int = 3,
+
+def random_split(n: int, *, size: int = IMAGE_SIZE, outputs: int = 3,
                  loss: str = 'softmax', seed: int = 0) -> dict:
   rng = np.random.default_rng(seed)
   labels = (rng.integers(0, outputs, n) if loss == 'softmax'
             else rng.integers(0, 2, (n, outputs)))
   return {'image': rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
           'label': labels}
+
+
+def make_engine(devices=None, loss='softmax', **kwargs):
+  # 22 examples in batches of 8: two full batches, then 6, which does not
+  # shard over 4 devices and is computed whole on each.
+  splits = {'train': random_split(22, loss=loss, seed=3),
+            'test': random_split(9, loss=loss, seed=4)}
+  return engine.Engine(models.ResNetTiny(num_outputs=3), loss=loss,
+                       splits=splits, log_every_s=1e9, devices=devices,
+                       **kwargs)
+
+
+RECIPE = train.Recipe(learning_rate=0.05, momentum=0.9, epochs=3,
+                      decay_epochs=(1, 2), batch_size=8)
+# For comparisons across layouts: one epoch, as every step amplifies the
+# float32 rounding by which a convolution over another number of members (or
+# on another device) differs.
+SHORT = train.Recipe(learning_rate=0.05, momentum=0.9, epochs=1,
+                     batch_size=8)
+
+
+def fit(eng, directory, seeds, recipe=RECIPE, **kwargs):
+  return train.fit(recipe, engine=eng, split='train', seeds=seeds,
+                   eval_split='test', checkpoint_dir=directory, **kwargs)
 
 
 def assert_trees_close(test, a, b, tol):
@@ -30,74 +57,99 @@ def assert_trees_close(test, a, b, tol):
                                rtol=tol, err_msg=jax.tree_util.keystr(path))
 
 
-class MultiDeviceTest(parameterized.TestCase):
+def moved(test, before, after, tol=1e-3):
+  """Training moved the parameters well beyond the comparison tolerance."""
+  test.assertGreater(max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                         for a, b in zip(jax.tree.leaves(before),
+                                         jax.tree.leaves(after))), tol)
 
-  def setUp(self):
-    super().setUp()
+
+class PopulationTest(absltest.TestCase):
+
+  def test_member_equals_the_single_model_of_its_seed(self):
+    eng = make_engine(jax.devices()[:1])
+    population, _ = fit(eng, self.create_tempdir().full_path, (5, 6), SHORT)
+    single, _ = fit(eng, self.create_tempdir().full_path, (6,), SHORT)
+    self.assertEqual(np.asarray(population.step).tolist(), [3, 3])
+    member, alone = engine.member(population.variables, 1), engine.member(
+        single.variables, 0)
+    assert_trees_close(self, member, alone, 1e-5)
+    # Members differ from each other: each has its own init and data order.
+    moved(self, engine.member(population.variables, 0), member)
+    fresh = engine.member(eng.init(engine.sgd(), (6,)).variables, 0)
+    moved(self, fresh['params'], member['params'])
+
+  def test_masked_member_trains_on_its_subset(self):
+    eng = make_engine(jax.devices()[:1])
+    masks = np.ones((2, 22), bool)
+    masks[1, :6] = False  # member 1 never sees examples 0..5
+    masks[0, -6:] = False
+    population, _ = fit(eng, self.create_tempdir().full_path, (5, 6),
+                        masks=masks)
+    self.assertEqual(np.asarray(population.step).tolist(), [6, 6])
+    with self.assertRaisesRegex(ValueError, 'same, non-zero number'):
+      train.member_pools(22, np.eye(2, 22, dtype=bool) | masks, 2)
+
+  def test_four_devices_equal_one(self):
     if jax.device_count() < 4:
-      self.skipTest('needs XLA_FLAGS=--xla_force_host_platform_device_count=4')
+      self.fail('needs 4 devices: XLA_FLAGS=--xla_force_host_platform_'
+                'device_count=4 (conftest.py sets it)')
+    recipe = SHORT
+    for seeds in ((5, 6, 7, 8), (5,)):
+      # 4 members: one per device; 1 member: its batch over the 4 devices.
+      one, history_one = fit(make_engine(jax.devices()[:1]),
+                             self.create_tempdir().full_path, seeds, recipe)
+      four_engine = make_engine(jax.devices()[:4])
+      four, history_four = fit(four_engine, self.create_tempdir().full_path,
+                               seeds, recipe)
+      mesh = four_engine.mesh(len(seeds)).shape
+      self.assertEqual((mesh['model'], mesh['data']),
+                       (4, 1) if len(seeds) == 4 else (1, 4))
+      self.assertLen(jax.tree.leaves(four.params)[0].addressable_shards, 4)
+      assert_trees_close(self, one.params, four.params, 1e-5)
+      assert_trees_close(self, one.batch_stats, four.batch_stats, 1e-5)
+      self.assertEqual([h['test_accuracy'] for h in history_one],
+                       [h['test_accuracy'] for h in history_four])
+      eval_one = make_engine(jax.devices()[:1]).evaluate(one.variables,
+                                                        'test')
+      eval_four = four_engine.evaluate(four.variables, 'test')
+      np.testing.assert_allclose(eval_one['loss'], eval_four['loss'],
+                                 rtol=1e-5, atol=1e-5)
 
-  def run_steps(self, mesh, loss, data):
-    model = models.ResNetTiny(num_outputs=3)
-    tx = optax.sgd(0.05, momentum=0.9)
-    state = train.create_train_state(model, tx, jax.random.key(0),
-                                     image_size=32, mesh=mesh)
-    step = train.make_train_step(model, tx, mesh=mesh, loss=loss)
-    rng = train.replicate(jax.random.key(1), mesh)
-    # 8 shards over 4 devices; 6 does not, and is replicated instead.
-    for start, stop in ((0, 8), (8, 16), (16, 22)):
-      batch = train.shard_batch(
-          {k: v[start:stop] for k, v in data.items()}, mesh)
-      state, measured = step(state, batch, rng)
-    eval_step = train.make_eval_step(model, mesh=mesh, loss=loss)
-    evaluated = train.evaluate(eval_step, state.variables, data, mesh=mesh,
-                               loss=loss, batch_size=8)
-    return state, measured, evaluated
+  def test_compiled_loop_equals_host_fed_steps(self):
+    """The device-resident, compiled epoch equals feeding the host-gathered
+    batches one step at a time, with the same order and draws."""
+    eng = make_engine(jax.devices()[:1])
+    seeds = (6,)
+    resident, _ = train.fit(
+        train.Recipe(0.05, 0.9, epochs=1, batch_size=8), engine=eng,
+        split='train', seeds=seeds,
+        checkpoint_dir=self.create_tempdir().full_path)
 
-  @parameterized.parameters('softmax', 'sigmoid')
-  def test_four_devices_give_the_one_device_result(self, loss):
-    data = random_split(22, loss=loss)
-    one = self.run_steps(train.make_mesh(jax.devices()[:1]), loss, data)
-    four = self.run_steps(train.make_mesh(jax.devices()[:4]), loss, data)
-    assert_trees_close(self, one[0].params, four[0].params, 1e-5)
-    assert_trees_close(self, one[0].batch_stats, four[0].batch_stats, 1e-5)
-    assert_trees_close(self, one[1], four[1], 1e-5)
-    np.testing.assert_allclose(one[2]['loss'], four[2]['loss'], atol=1e-5,
-                               rtol=1e-5)
-    self.assertEqual(one[2]['accuracy'], four[2]['accuracy'])
-    self.assertEqual(int(four[0].step), 3)
-    # Training moved the parameters, so the comparison is not of two inits.
-    fresh = train.create_train_state(
-        models.ResNetTiny(num_outputs=3), optax.sgd(0.05), jax.random.key(0),
-        image_size=32)
-    self.assertGreater(
-        np.abs(np.asarray(fresh.params['fc']['kernel'])
-               - np.asarray(one[0].params['fc']['kernel'])).max(), 1e-3)
-
-  def test_even_batches_are_sharded_over_the_devices(self):
-    mesh = train.make_mesh(jax.devices()[:4])
-    batch = train.shard_batch(random_split(8), mesh)
-    self.assertLen(batch['image'].addressable_shards, 4)
-    self.assertEqual(batch['image'].addressable_shards[0].data.shape[0], 2)
-    odd = train.shard_batch(random_split(6), mesh)
-    self.assertTrue(odd['image'].sharding.is_fully_replicated)
+    state = engine.with_learning_rate(eng.init(engine.sgd(0.05, 0.9), seeds),
+                                      0.05)
+    program, population_step = eng._update_program(
+        engine.Update(engine.TASK_OBJECTIVE, engine.SGD), eng.mesh(1))
+    del program
+    step = jax.jit(population_step)
+    rngs = train.augmentation_keys(seeds)
+    data = eng.splits['train']
+    plan = engine.Plan.stack(engine.epoch_plan(
+        [np.arange(22)], batch_size=8, seeds=seeds, epoch=0))
+    for _, indices in plan.steps:
+      idx = indices['train'][0]
+      batch = {'image': data['image'][idx], 'label': data['label'][idx]}
+      state, _ = step(state, batch, {'train': np.arange(len(idx))[None]},
+                      rngs, None)
+    assert_trees_close(self, resident.variables, state.variables, 1e-6)
 
 
 class FitTest(absltest.TestCase):
 
-  recipe = train.Recipe(learning_rate=0.05, momentum=0.9, epochs=3,
-                        decay_epochs=(1, 2), batch_size=8)
-
-  def fit(self, directory, **kwargs):
-    data = random_split(16, seed=3)
-    return train.fit(self.recipe, model=models.ResNetTiny(num_outputs=3),
-                     loss='softmax', train_data=data,
-                     eval_data={'test': random_split(9, seed=4)},
-                     mesh=train.make_mesh(jax.devices()[:1]),
-                     checkpoint_dir=directory, seed=42, **kwargs)
-
   def test_killed_run_resumes_to_the_same_parameters(self):
-    whole, whole_history = self.fit(self.create_tempdir().full_path)
+    eng = make_engine(jax.devices()[:1])
+    seeds = (5, 6)
+    whole, whole_history = fit(eng, self.create_tempdir().full_path, seeds)
 
     directory = self.create_tempdir().full_path
 
@@ -107,13 +159,14 @@ class FitTest(absltest.TestCase):
         raise KeyboardInterrupt
 
     with self.assertRaises(KeyboardInterrupt):
-      self.fit(directory, on_epoch_end=kill_after_second_epoch)
+      fit(eng, directory, seeds, on_epoch_end=kill_after_second_epoch)
     epochs_run = []
-    resumed, history = self.fit(
-        directory, on_epoch_end=lambda epoch, _: epochs_run.append(epoch))
+    resumed, history = fit(
+        eng, directory, seeds,
+        on_epoch_end=lambda epoch, _: epochs_run.append(epoch))
 
     self.assertEqual(epochs_run, [2])
-    self.assertEqual(int(resumed.step), 6)
+    self.assertEqual(np.asarray(resumed.step).tolist(), [9, 9])
     jax.tree_util.tree_map(np.testing.assert_array_equal,
                            jax.device_get(resumed), jax.device_get(whole))
     self.assertEqual([h['epoch'] for h in history], [1, 2, 3])
@@ -121,14 +174,30 @@ class FitTest(absltest.TestCase):
                      [h['test_accuracy'] for h in whole_history])
 
   def test_checkpoint_of_another_run_is_refused(self):
+    eng = make_engine(jax.devices()[:1])
     directory = self.create_tempdir().full_path
-    self.fit(directory)
-    other = train.Recipe(**{**self.recipe.__dict__, 'learning_rate': 0.1})
+    fit(eng, directory, (5,))
     with self.assertRaisesRegex(ValueError, 'different run'):
-      train.fit(other, model=models.ResNetTiny(num_outputs=3),
-                loss='softmax', train_data=random_split(16, seed=3),
-                mesh=train.make_mesh(jax.devices()[:1]),
-                checkpoint_dir=directory, seed=42)
+      fit(eng, directory, (5, 6))
+
+  def test_population_that_does_not_fit_is_refused(self):
+    state_bytes = engine.tree_bytes(
+        make_engine().abstract_state(engine.sgd(), 1))
+    data_bytes = make_engine().data_bytes()
+    # Room for the data and about three members' state.
+    eng = make_engine(jax.devices()[:1],
+                      memory_limit=data_bytes + 7 * state_bytes)
+    with self.assertRaisesRegex(
+        engine.PopulationTooLarge,
+        r'population of 8 .* at most 3 member\(s\) fit; set '
+        r'config.population.size=3'):
+      fit(eng, self.create_tempdir().full_path, tuple(range(8)))
+    # A population that fits its state, but not the step's temporaries.
+    eng = make_engine(jax.devices()[:1],
+                      memory_limit=data_bytes + 4 * state_bytes)
+    with self.assertRaisesRegex(engine.PopulationTooLarge,
+                                'population of 2 '):
+      fit(eng, self.create_tempdir().full_path, (1, 2))
 
 
 class RecipeTest(absltest.TestCase):
@@ -136,15 +205,16 @@ class RecipeTest(absltest.TestCase):
   def test_optimizer_follows_torch_sgd_with_multistep_lr(self):
     recipe = train.Recipe(learning_rate=0.01, momentum=0.9, epochs=3,
                           decay_epochs=(1, 2))
-    steps_per_epoch = 2
     grads = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
 
-    tx = train.make_optimizer(recipe, steps_per_epoch)
     params = np.ones(5, np.float32)
-    opt_state = tx.init(params)
-    for g in grads:
-      updates, opt_state = tx.update(g, opt_state, params)
-      params = optax.apply_updates(params, updates)
+    opt_state = engine.sgd(recipe.learning_rate, recipe.momentum).init(params)
+    for epoch in range(3):
+      opt_state.hyperparams['learning_rate'] = np.float32(
+          train.learning_rate(recipe, epoch))
+      for g in grads[epoch * 2:(epoch + 1) * 2]:
+        updates, opt_state = engine.SGD.update(g, opt_state, params)
+        params = optax.apply_updates(params, updates)
 
     weight = torch.nn.Parameter(torch.ones(5))
     sgd = torch.optim.SGD([weight], lr=0.01, momentum=0.9)
@@ -166,8 +236,7 @@ class RecipeTest(absltest.TestCase):
 
   def test_unknown_loss_is_refused(self):
     with self.assertRaisesRegex(ValueError, 'hinge'):
-      train.make_eval_step(models.ResNetTiny(num_outputs=3),
-                           mesh=train.make_mesh(), loss='hinge')
+      make_engine(loss='hinge')
 
 
 if __name__ == '__main__':

@@ -17,7 +17,7 @@ ALWAYS_DISJOINT = (
     ('forget', 'test'), ('forget', 'unseen'),
     ('retain', 'test'), ('retain', 'unseen'),
 )
-# Only the `paper` MUFAC protocol cuts forget/retain mid-person (SPEC §2.1).
+# Only the `paper` MUFAC protocol cuts forget/retain mid-person (protocol §2.1).
 FORGET_RETAIN = ('forget', 'retain')
 
 

@@ -1,4 +1,4 @@
-"""Unlearning methods (SPEC §5), one module each, registered by name.
+"""Unlearning methods (protocol §5), one module each, registered by name.
 
 `METHODS[name].run(context, original_variables)` yields the method's rows
 (`core.Row`); `unsir` yields two, one per stage.

@@ -1,4 +1,4 @@
-"""Advanced NegGrad, the paper's proposal (SPEC §5).
+"""Advanced NegGrad, the paper's proposal (protocol §5).
 
 Each step descends the retain loss and ascends the forget loss, weights 1:1,
 with two forward passes (retain first), so in train mode the running
@@ -7,6 +7,7 @@ statistics update twice per step.
 
 from __future__ import annotations
 
+from mufax import engine
 from mufax.unlearning import core
 from mufax.unlearning import loops
 
@@ -34,6 +35,6 @@ class AdvancedNegGrad(core.SGDMethod):
       plan = loops.zipped(*sizes, bs, epochs=epochs, seed=ctx.seed)
     return [core.Stage(
         row='advanced_neggrad', plan=core.step_plan('step', plan),
-        objectives={'step': core.Objective(retain_minus_forget)},
+        objectives={'step': engine.Objective(retain_minus_forget)},
         learning_rate=ctx.hp('lr', 0.001), bn_train=ctx.bn_train(),
         epochs=epochs)]

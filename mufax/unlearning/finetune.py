@@ -1,7 +1,8 @@
-"""Fine-tuning (SPEC §5): more epochs of the task loss on retain only."""
+"""Fine-tuning (protocol §5): more epochs of the task loss on retain only."""
 
 from __future__ import annotations
 
+from mufax import engine
 from mufax.unlearning import core
 from mufax.unlearning import loops
 
@@ -12,7 +13,7 @@ def retain_loss(forward, inputs, prepared):
                      inputs.labels('retain')), {}
 
 
-RETAIN_LOSS = core.Objective(retain_loss)
+RETAIN_LOSS = engine.Objective(retain_loss)
 
 
 def retain_stage(ctx: core.Context, row: str, *, epochs: int,

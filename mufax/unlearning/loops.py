@@ -1,4 +1,4 @@
-"""Which batches an unlearning method sees, step by step (SPEC §5).
+"""Which batches an unlearning method sees, step by step (protocol §5).
 
 The reference's loops differ per method and dataset (which loader drives the
 loop, a forget iterator that cycles across epochs, short batches skipped), and

@@ -1,7 +1,8 @@
-"""NegGrad (SPEC §5): gradient ascent on the forget loss alone."""
+"""NegGrad (protocol §5): gradient ascent on the forget loss alone."""
 
 from __future__ import annotations
 
+from mufax import engine
 from mufax.unlearning import core
 from mufax.unlearning import loops
 
@@ -29,6 +30,6 @@ class NegGrad(core.SGDMethod):
                                  use_retain=False)
     return [core.Stage(
         row='neggrad', plan=core.step_plan('neggrad', plan),
-        objectives={'neggrad': core.Objective(forget_ascent)},
+        objectives={'neggrad': engine.Objective(forget_ascent)},
         learning_rate=ctx.hp('lr', 0.001), bn_train=ctx.bn_train(),
         epochs=epochs)]

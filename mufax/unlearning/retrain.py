@@ -1,7 +1,7 @@
-"""Retraining from scratch on retain (SPEC §4): the gold standard row.
+"""Retraining from scratch on retain (protocol §4): the gold standard row.
 
 It ignores the original model; the runner trains it (or reuses its
-checkpoint) with the dataset's recipe.
+checkpoint) with the dataset's recipe, one model per seed.
 """
 
 from __future__ import annotations
@@ -17,6 +17,4 @@ class Retrain(core.Method):
     del original
     if ctx.train_from_scratch is None:
       raise ValueError('retrain needs a context that can train models.')
-    state, seconds, recipe = ctx.train_from_scratch('retrain')
-    yield core.Row('retrain', state.variables, int(state.step),
-                   seconds=seconds, settings=recipe)
+    yield ctx.train_from_scratch('retrain')

@@ -1,4 +1,4 @@
-"""SCRUB (SPEC §5): a student moves towards the original (the teacher, eval
+"""SCRUB (protocol §5): a student moves towards the original (the teacher, eval
 mode) on retain and away from it on forget.
 
 Each epoch is a pass over retain minimising task loss + KL(teacher ‖ student)
@@ -17,10 +17,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from mufax import engine
 from mufax.unlearning import core
 from mufax.unlearning import loops
 
-# (learning rate, epochs, forget pass) per SPEC §4 task.
+# (learning rate, epochs, forget pass) per protocol §4 task.
 REFERENCE = {'mufac': (0.001, 2, True), 'binary': (0.0001, 1, True),
              'multilabel': (0.001, 2, False)}
 
@@ -65,8 +66,8 @@ class Distillation:
       return task_loss + kl, {'task_loss': task_loss, 'kl': kl}
     return -kl, {'kl': kl}
 
-  def objective(self) -> core.Objective:
-    return core.Objective(self.loss, prepare=self.prepare)
+  def objective(self) -> engine.Objective:
+    return engine.Objective(self.loss, prepare=self.prepare)
 
 
 @core.register('scrub')

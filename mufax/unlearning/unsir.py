@@ -1,4 +1,4 @@
-"""UNSIR, task-agnostic adjustment (SPEC §5): impair with noise, then repair.
+"""UNSIR, task-agnostic adjustment (protocol §5): impair with noise, then repair.
 
 Stage 1 (impair), per step over zipped full (retain, forget) batches: noise
 drawn N(0, 1) is pushed by a few Adam steps to maximise the MSE between the
@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mufax import engine
 from mufax.unlearning import core
 from mufax.unlearning import finetune
 from mufax.unlearning import loops
@@ -29,7 +30,7 @@ class NoiseSynthesis:
   steps: int = 5
   learning_rate: float = 0.01
 
-  def __call__(self, forward: core.Forward, inputs: core.Inputs) -> jax.Array:
+  def __call__(self, forward: engine.Forward, inputs: engine.Inputs) -> jax.Array:
     forget = inputs.images('forget')
     target = jax.lax.stop_gradient(forward(forget))
     noise = jax.random.normal(inputs.rng, forget.shape, jnp.float32)
@@ -66,7 +67,7 @@ def impair_loss(forward, inputs, noise):
 class UNSIR(core.SGDMethod):
 
   def stages(self, ctx):
-    impair = core.Objective(impair_loss, prepare=NoiseSynthesis(
+    impair = engine.Objective(impair_loss, prepare=NoiseSynthesis(
         ctx.hp('noise_steps', 5), ctx.hp('noise_lr', 0.01)))
     epochs = ctx.hp('epochs', 2)
     plan = loops.zipped(ctx.size('retain'), ctx.size('forget'),

@@ -1,0 +1,804 @@
+"""The engine: populations of models trained at once on device-resident data.
+
+Training from scratch and every unlearning stage run through the same pieces:
+
+- **Data on the device.** Every split a run needs is placed on the devices
+  once, as uint8 images and labels (`Engine`). A batch is gathered on the
+  device from an index array; the host never touches an image again.
+- **Plans.** What a run does step by step is a plan (`Plan`): per update step,
+  which objective and which example indices of which splits, for every member.
+  It is uploaded as int arrays, one per kind of step, before the run starts.
+- **Populations.** Parameters, batch statistics and optimizer state carry a
+  leading model axis; the single-model step is `jax.vmap`ped over it. Each
+  member has its own initialisation key, data order and augmentation draws.
+- **Compiled loops.** A run of steps executes as one compiled loop over the
+  plan, with the state donated; the host only asks for the next chunk of
+  steps, sized so that progress lines appear about every `log_every_s`. The
+  loop's bounds are runtime values, so one compiled program serves every
+  chunk: a chunk's length never triggers a compilation.
+- **Mesh.** A 2-D device mesh (`model`, `data`): members are spread over the
+  `model` axis as far as they divide among the devices, and each member's
+  batch over the `data` axis. One device is the 1 x 1 case of the same code.
+
+Methods and recipes describe one model's objective (`Objective`); the engine
+vectorises it. Results equal, member by member, the single models trained with
+each member's seed, within float32 rounding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mufax import input_pipeline
+from mufax import losses
+from mufax import models
+
+MODEL_AXIS = 'model'
+DATA_AXIS = 'data'
+# Images per member in one evaluation batch, shrunk as the population grows so
+# that the activations of every member fit together.
+EVAL_IMAGES = 256
+
+
+def log(message: str) -> None:
+  """A progress line, printed once however many processes run."""
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+@flax.struct.dataclass
+class TrainState:
+  """A model's (or, with a leading model axis, a population's) state."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+  @property
+  def variables(self):
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
+
+def members(tree) -> int:
+  """The population size of a tree whose leaves have a leading model axis."""
+  return int(jax.tree.leaves(tree)[0].shape[0])
+
+
+def member(tree, k: int):
+  """Member `k` of a population, as a single model's tree (host arrays)."""
+  return jax.tree.map(lambda x: np.asarray(x)[k], tree)
+
+
+# ------------------------------------------------------------------- devices
+
+
+def make_mesh(population: int = 1, devices=None) -> Mesh:
+  """The (`model`, `data`) mesh for a population of `population` members.
+
+  Members spread over as many devices as divide both counts; the rest of
+  the devices share each member's batch.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  spread = math.gcd(population, len(devices))
+  return Mesh(np.asarray(devices).reshape(spread, len(devices) // spread),
+              (MODEL_AXIS, DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def member_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(MODEL_AXIS))
+
+
+def batch_spec(mesh: Mesh, batch_size: int) -> P:
+  """How one member's batch lies on the mesh's `data` axis.
+
+  A batch that does not divide evenly (the short last batch of an epoch) is
+  computed whole on each device rather than padded, since padding would
+  change the BatchNorm statistics.
+  """
+  return P(DATA_AXIS) if batch_size % mesh.shape[DATA_AXIS] == 0 else P()
+
+
+# ------------------------------------------------------------ the model
+
+
+def preprocess(images: jax.Array, image_size: int | None) -> jax.Array:
+  """uint8 or [0, 1] images -> float32 [0, 1] at `image_size` (if given).
+
+  Resizing here lets reduced runs use smaller images than are stored.
+  """
+  images = input_pipeline.to_float(images)
+  if image_size and images.shape[1:3] != (image_size, image_size):
+    images = jax.image.resize(
+        images, (images.shape[0], image_size, image_size, images.shape[3]),
+        'linear', antialias=True)
+  return images
+
+
+def apply_model(model: nn.Module, params, batch_stats, images: jax.Array, *,
+                train: bool):
+  """Logits, and the updated batch statistics when `train`."""
+  variables = {'params': params, 'batch_stats': batch_stats}
+  if not train:
+    return model.apply(variables, images, train=False), batch_stats
+  logits, updates = model.apply(variables, images, train=True,
+                                mutable=['batch_stats'])
+  return logits, updates['batch_stats']
+
+
+def split_params(params, trainable: frozenset[str] | None):
+  """(trainable, frozen) top-level parameter dicts (`models.param_group`)."""
+  if trainable is None:
+    return params, {}
+  train_part = {k: v for k, v in params.items()
+                if models.param_group(k) in trainable}
+  frozen = {k: v for k, v in params.items()
+            if models.param_group(k) not in trainable}
+  return train_part, frozen
+
+
+# ------------------------------------------------------------- objectives
+
+
+class Forward:
+  """The model as a function of images that threads BatchNorm statistics.
+
+  In train mode each call normalises by the batch and updates the running
+  statistics, in call order, as a PyTorch module in train mode does; in eval
+  mode it uses and keeps them.
+  """
+
+  def __init__(self, model: nn.Module, params, batch_stats, *, train: bool):
+    self.model, self.params, self.train = model, params, train
+    self.batch_stats = batch_stats
+
+  def apply(self, batch_stats, images):
+    """Pure form: (logits, updated statistics)."""
+    return apply_model(self.model, self.params, batch_stats, images,
+                       train=self.train)
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    logits, self.batch_stats = self.apply(self.batch_stats, images)
+    return logits.astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+  """The step's augmented batches and what objectives need besides the model.
+
+  `teacher` is the original model in eval mode (None unless the run passes
+  one); `loss(logits, labels)` is the task's mean loss.
+  """
+  batches: Mapping[str, tuple[jax.Array, jax.Array]]
+  rng: jax.Array
+  loss_kind: str
+  teacher: Callable[[jax.Array], jax.Array] | None = None
+
+  def images(self, name: str) -> jax.Array:
+    return self.batches[name][0]
+
+  def labels(self, name: str) -> jax.Array:
+    return self.batches[name][1]
+
+  def loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return losses.per_sample_loss(logits, labels, self.loss_kind).mean()
+
+
+# loss(forward, inputs, prepared) -> (scalar to minimise, measurements).
+LossFn = Callable[[Forward, Inputs, Any], tuple[jax.Array, dict]]
+# prepare(forward, inputs) -> anything the loss needs that is not
+# differentiated (teacher logits, UNSIR's noise); may run the model.
+PrepareFn = Callable[[Forward, Inputs], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  loss: LossFn
+  prepare: PrepareFn | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Update:
+  """One kind of update step: objective, optimizer, BatchNorm mode, and
+  which parameter groups train (None: all)."""
+  objective: Objective
+  tx: optax.GradientTransformation
+  bn_train: bool = True
+  trainable: frozenset[str] | None = None
+
+
+def sgd(learning_rate: float = 0.0,
+        momentum: float = 0.0) -> optax.GradientTransformation:
+  """torch.optim.SGD without weight decay (momentum 0: plain SGD).
+
+  The learning rate and momentum live in the optimizer state rather than in
+  the compiled step, so one compiled step serves every value: make a state
+  with `sgd(lr, momentum).init` and update it with `SGD`.
+  """
+  return optax.inject_hyperparams(optax.sgd)(learning_rate=learning_rate,
+                                             momentum=momentum)
+
+
+# The update of every state made by `sgd(...)`.
+SGD = sgd()
+
+
+def with_learning_rate(state: TrainState, learning_rate: float) -> TrainState:
+  """`state` (a population made with `sgd`) at another learning rate."""
+  hyper = dict(state.opt_state.hyperparams)
+  old = hyper['learning_rate']
+  hyper['learning_rate'] = jax.device_put(
+      np.full(old.shape, learning_rate, old.dtype), old.sharding)
+  return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
+
+
+def _task_loss(forward, inputs, prepared):
+  del prepared
+  logits = forward(inputs.images('train'))
+  labels = inputs.labels('train')
+  return inputs.loss(logits, labels), {
+      'accuracy': losses.correct(logits, labels, inputs.loss_kind).mean()}
+
+
+# Training from scratch: the task's loss on the batch named 'train' (which
+# split that is, the run's `sources` say), measuring accuracy.
+TASK_OBJECTIVE = Objective(_task_loss)
+
+
+# ------------------------------------------------------------------- plans
+
+
+@dataclasses.dataclass
+class Plan:
+  """Every update step of a run, for every member.
+
+  `steps[i]` is (update key, {split: int array [members, batch]}): the
+  examples of each split that member m sees at step i. Steps of one key and
+  batch shape form a group, uploaded as one array [steps, members, batch].
+  """
+  steps: list[tuple[str, dict[str, np.ndarray]]]
+
+  @classmethod
+  def stack(cls, per_member: Sequence[Sequence[tuple[str, Mapping]]]) -> Plan:
+    """One plan from each member's own list of (key, {split: indices})."""
+    lengths = {len(p) for p in per_member}
+    if len(lengths) != 1:
+      raise ValueError(f'Members plan different step counts: {lengths}.')
+    steps = []
+    for i in range(lengths.pop()):
+      key, splits = per_member[0][i][0], sorted(per_member[0][i][1])
+      if any(p[i][0] != key or sorted(p[i][1]) != splits for p in per_member):
+        raise ValueError(f'Members plan different kinds of step {i}.')
+      steps.append((key, {s: np.stack([np.asarray(p[i][1][s], np.int32)
+                                       for p in per_member])
+                          for s in splits}))
+    return cls(steps)
+
+  def __len__(self):
+    return len(self.steps)
+
+  def signature(self, i: int) -> tuple:
+    key, batches = self.steps[i]
+    return (key,) + tuple((s, v.shape[1]) for s, v in sorted(batches.items()))
+
+  def groups(self) -> tuple[dict[tuple, dict[str, np.ndarray]],
+                            list[tuple[tuple, int, int]]]:
+    """(arrays per group, segments): a segment is (group, start, stop) of
+    consecutive steps of one group, in plan order."""
+    members_of: dict[tuple, list[int]] = {}
+    segments = []
+    for i in range(len(self.steps)):
+      group = self.signature(i)
+      rows = members_of.setdefault(group, [])
+      if segments and segments[-1][0] == group and segments[-1][2] == len(rows):
+        segments[-1] = (group, segments[-1][1], len(rows) + 1)
+      else:
+        segments.append((group, len(rows), len(rows) + 1))
+      rows.append(i)
+    arrays = {group: {s: np.stack([self.steps[i][1][s] for i in rows])
+                      for s in self.steps[rows[0]][1]}
+              for group, rows in members_of.items()}
+    return arrays, segments
+
+  def images(self, i: int) -> int:
+    """Images one member sees at step i."""
+    return sum(v.shape[1] for v in self.steps[i][1].values())
+
+
+def epoch_plan(pools: Sequence[np.ndarray], *, batch_size: int,
+               seeds: Sequence[int],
+               epoch: int) -> list[list[tuple[str, dict]]]:
+  """Per member, one shuffled pass over its pool of examples, as 'train'
+  steps (a DataLoader with shuffle and drop_last=False): the order is fixed
+  by (seed, epoch)."""
+  plans = []
+  for pool, seed in zip(pools, seeds):
+    order = pool[input_pipeline.epoch_order(len(pool), shuffle=True,
+                                            seed=seed, epoch=epoch)]
+    plans.append([('train', {'train': order[b:b + batch_size]})
+                  for b in range(0, len(order), batch_size)])
+  return plans
+
+
+# ---------------------------------------------------------- compilation
+
+
+@dataclasses.dataclass
+class Compiled:
+  """An executable with what XLA says of it."""
+  call: Callable
+  seconds: float
+  flops: float
+  # Device bytes it needs: arguments, outputs and temporaries, less the
+  # donated buffers it reuses.
+  bytes: int
+
+
+class Compiler:
+  """Compiles each program once per argument layout and keeps account.
+
+  Programs are compiled ahead of time (`lower().compile()`), which gives
+  the compile time apart from the step time, XLA's memory analysis (checked
+  against the device before the first step runs) and its flop count.
+  """
+
+  def __init__(self, memory_limit: int | None = None, fixed_bytes: int = 0):
+    self.memory_limit = memory_limit
+    # What every program holds whatever the population (the resident data).
+    self.fixed_bytes = fixed_bytes
+    self.seconds = 0.0
+    self._cache: dict[tuple, Compiled] = {}
+
+  def __call__(self, jitted, *args, members: int = 1) -> Compiled:
+    leaves, tree = jax.tree.flatten(args)
+    key = (jitted, tree, tuple(
+        (np.shape(x), str(getattr(x, 'dtype', None) or np.result_type(x)),
+         getattr(x, 'sharding', None)) for x in leaves))
+    if key not in self._cache:
+      start = time.perf_counter()
+      executable = jitted.lower(*args).compile()
+      seconds = time.perf_counter() - start
+      self.seconds += seconds
+      cost = executable.cost_analysis() or {}
+      if isinstance(cost, list):  # older JAX: one dict per computation
+        cost = cost[0] if cost else {}
+      memory = executable.memory_analysis()
+      needed = 0 if memory is None else (
+          memory.argument_size_in_bytes + memory.output_size_in_bytes
+          + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+      self._cache[key] = Compiled(executable, seconds,
+                                  float(cost.get('flops', 0.0)), needed)
+      check_memory(needed, members, self.memory_limit, self.fixed_bytes)
+    return self._cache[key]
+
+
+class PopulationTooLarge(ValueError):
+  """A population whose state, data and step do not fit in device memory."""
+
+
+def device_memory(device=None) -> int:
+  """Bytes one device can hold: its allocator's limit on an accelerator,
+  the host's available memory shared by its devices on CPU."""
+  device = device or jax.local_devices()[0]
+  stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
+  if stats and stats.get('bytes_limit'):
+    return int(stats['bytes_limit'])
+  available = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          available = int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return available // max(1, jax.local_device_count())
+
+
+def check_memory(needed: int, population: int, limit: int | None,
+                 fixed: int = 0) -> None:
+  """Refuses a population whose `needed` bytes per device exceed `limit`.
+
+  `fixed` is the part that does not grow with the population (the resident
+  data); the rest is taken to grow linearly, to name the size that fits.
+  """
+  if limit is None or needed <= limit:
+    return
+  per_member = max(1, (needed - fixed) / population)
+  fits = max(0, int((limit - fixed) // per_member))
+  raise PopulationTooLarge(
+      f'A population of {population} needs about {needed / 2**30:.2f} GiB per '
+      f'device and the device holds {limit / 2**30:.2f} GiB: at most {fits} '
+      f'member(s) fit; set config.population.size={fits} or less'
+      + (' (or use smaller images or a smaller model)' if fits == 0 else '')
+      + '.')
+
+
+def tree_bytes(tree) -> int:
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(tree))
+
+
+# ---------------------------------------------------------------- engine
+
+
+@dataclasses.dataclass
+class RunResult:
+  """What a run of a plan reports besides the new state."""
+  # {measurement: float array [steps, members]}, steps in plan order.
+  measured: dict[str, np.ndarray]
+  seconds: float
+  compile_seconds: float
+  # XLA-counted flops of one update step of the whole population, summed
+  # over the steps run.
+  flops: float
+
+
+class Engine:
+  """Runs plans and evaluations of populations of one model on one task.
+
+  Holds the splits in device memory (once per mesh shape) and the compiled
+  programs, so that every run of a benchmark table shares them.
+  """
+
+  def __init__(self, model: nn.Module, *, loss: str,
+               splits: Mapping[str, Mapping[str, np.ndarray]],
+               image_size: int | None = None, log_every_s: float = 30.0,
+               memory_limit: int | None = None, devices=None):
+    if loss not in losses.LOSSES:
+      raise ValueError(f'Unknown loss {loss!r}; expected one of '
+                       f'{losses.LOSSES}.')
+    self.model, self.loss, self.image_size = model, loss, image_size
+    self.splits = splits
+    # Every split in one pool, so that programs take the same data whatever
+    # split a step reads: original and retrained models, and every split's
+    # evaluation, share their compiled programs.
+    names = list(splits)
+    sizes = [len(splits[n]['label']) for n in names]
+    self.offsets = dict(zip(names, np.cumsum([0] + sizes[:-1]).tolist()))
+    self.pool = {key: np.concatenate([np.asarray(splits[n][key])
+                                      for n in names])
+                 for key in ('image', 'label')}
+    self.compiler = Compiler(memory_limit, self.data_bytes())
+    self.log_every_s = log_every_s
+    self.devices = list(jax.devices() if devices is None else devices)
+    self._resident: dict[tuple, dict] = {}
+    self._programs: dict[tuple, Callable] = {}
+    # Seconds per step of each program, to size chunks for progress lines.
+    self._step_seconds: dict[tuple, float] = {}
+
+  @property
+  def stored_size(self) -> int:
+    return int(self.pool['image'].shape[1])
+
+  @property
+  def input_size(self) -> int:
+    return self.image_size or self.stored_size
+
+  def mesh(self, population: int) -> Mesh:
+    return make_mesh(population, self.devices)
+
+  def resident(self, mesh: Mesh) -> dict[str, jax.Array]:
+    """The pool of every split in device memory, replicated over `mesh`."""
+    key = mesh.devices.shape
+    if key not in self._resident:
+      self._resident[key] = input_pipeline.device_put_split(self.pool, mesh)
+    return self._resident[key]
+
+  def data_bytes(self) -> int:
+    return sum(v.nbytes for v in self.pool.values())
+
+  # -------------------------------------------------------------- states
+
+  def init(self, tx: optax.GradientTransformation,
+           seeds: Sequence[int]) -> TrainState:
+    """Fresh models, member k initialised from `jax.random.key(seeds[k])`."""
+    fresh = jax.vmap(lambda seed: self._fresh(tx, seed))
+    seeds = jnp.asarray(seeds, jnp.int32)
+    self.check_state_memory(jax.eval_shape(fresh, seeds), len(seeds))
+    return jax.jit(fresh, out_shardings=member_sharding(
+        self.mesh(len(seeds))))(seeds)
+
+  def abstract_state(self, tx, population: int):
+    """Shapes, dtypes and shardings of a population's state (for restores)."""
+    shapes = jax.eval_shape(jax.vmap(lambda seed: self._fresh(tx, seed)),
+                            jnp.zeros((population,), jnp.int32))
+    sharding = member_sharding(self.mesh(population))
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+        shapes)
+
+  def _fresh(self, tx, seed) -> TrainState:
+    init_rng, _ = jax.random.split(jax.random.key(seed))
+    variables = models.init_variables(self.model, init_rng, self.input_size)
+    return TrainState(step=jnp.zeros((), jnp.int32),
+                      params=variables['params'],
+                      batch_stats=variables['batch_stats'],
+                      opt_state=tx.init(variables['params']))
+
+  def state_from(self, variables, tx: optax.GradientTransformation, *,
+                 trainable: frozenset[str] | None = None,
+                 population: int | None = None) -> TrainState:
+    """A state holding copies of a population's `variables`, so donating it
+    never frees them; a population of 1 is repeated to `population`."""
+    have = members(variables)
+    population = population or have
+    if have not in (1, population):
+      raise ValueError(f'Cannot make {population} members from {have}.')
+    mesh = self.mesh(population)
+
+    def build(variables):
+      variables = jax.tree.map(
+          lambda x: jnp.broadcast_to(x, (population,) + x.shape[1:]),
+          variables)
+      params = jax.tree.map(jnp.copy, variables['params'])
+      return TrainState(
+          step=jnp.zeros((population,), jnp.int32), params=params,
+          batch_stats=jax.tree.map(jnp.copy, variables['batch_stats']),
+          opt_state=jax.vmap(tx.init)(split_params(params, trainable)[0]))
+
+    return jax.jit(build, out_shardings=member_sharding(mesh))(variables)
+
+  def put_members(self, tree, population: int):
+    """`tree` (a population, or one model repeated) laid out for its mesh."""
+    mesh = self.mesh(population)
+    if members(tree) != population:
+      tree = jax.tree.map(
+          lambda x: np.broadcast_to(np.asarray(x),
+                                    (population,) + np.shape(x)[1:]), tree)
+    return jax.device_put(tree, member_sharding(mesh))
+
+  def check_state_memory(self, abstract_state, population: int) -> None:
+    """Refuses, before anything runs, a population whose state and data
+    alone exceed the device (the step's temporaries are checked once its
+    program is compiled)."""
+    spread = self.mesh(population).shape[MODEL_AXIS]
+    data = self.data_bytes()
+    # Optimizer state, parameters being updated and the copy a step writes.
+    needed = data + 2 * tree_bytes(abstract_state) // spread
+    check_memory(needed, population, self.compiler.memory_limit, fixed=data)
+
+  def memory_plan(self, population: int, abstract_state) -> str:
+    """One line: what a population will hold per device."""
+    spread = self.mesh(population).shape[MODEL_AXIS]
+    limit = self.compiler.memory_limit or device_memory(self.devices[0])
+    return (f'population {population} on a {spread}x'
+            f'{len(self.devices) // spread} (model x data) mesh: state '
+            f'{tree_bytes(abstract_state) / spread / 2**20:.1f} MiB and data '
+            f'{self.data_bytes() / 2**20:.1f} MiB per device, of '
+            f'{limit / 2**30:.1f} GiB')
+
+  # --------------------------------------------------------------- steps
+
+  def _update_program(self, update: Update, mesh: Mesh) -> Callable:
+    """The jitted loop `(state, measured, data, group arrays, rngs, teacher,
+    start, stop) -> (state, measured)` over steps start..stop of a group."""
+    key = ('update', update, mesh.devices.shape)
+    if key in self._programs:
+      return self._programs[key]
+    model, loss, image_size = self.model, self.loss, self.image_size
+
+    def member_step(state, data, indices, rng, teacher):
+      rng = jax.random.fold_in(rng, state.step)
+      batches = {}
+      for i, name in enumerate(sorted(indices)):
+        batch = input_pipeline.gather_batch(data, indices[name])
+        images = jax.lax.with_sharding_constraint(
+            preprocess(batch['image'], image_size),
+            NamedSharding(mesh, batch_spec(mesh, indices[name].shape[0])))
+        batches[name] = (input_pipeline.augment(images,
+                                                jax.random.fold_in(rng, i)),
+                         batch['label'])
+      teacher_fn = None
+      if teacher is not None:
+        teacher_fn = Forward(model, teacher['params'], teacher['batch_stats'],
+                             train=False)
+      inputs = Inputs(batches, jax.random.fold_in(rng, len(indices)), loss,
+                      teacher_fn)
+      forward = Forward(model, state.params, state.batch_stats,
+                        train=update.bn_train)
+      objective = update.objective
+      prepared = (objective.prepare(forward, inputs)
+                  if objective.prepare is not None else None)
+      trained, frozen = split_params(state.params, update.trainable)
+
+      # Frozen parameters stay outside the differentiated function: they are
+      # bit-identical afterwards and cost no gradient.
+      def objective_fn(trained):
+        f = Forward(model, {**frozen, **trained}, forward.batch_stats,
+                    train=update.bn_train)
+        value, measured = objective.loss(f, inputs, prepared)
+        return value, (f.batch_stats, measured)
+
+      (value, (batch_stats, measured)), grads = jax.value_and_grad(
+          objective_fn, has_aux=True)(trained)
+      updates, opt_state = update.tx.update(grads, state.opt_state, trained)
+      trained = optax.apply_updates(trained, updates)
+      return state.replace(step=state.step + 1, params={**frozen, **trained},
+                           batch_stats=batch_stats, opt_state=opt_state), {
+                               'loss': value, **measured}
+
+    population_step = jax.vmap(member_step, in_axes=(0, None, 0, 0, 0),
+                               spmd_axis_name=MODEL_AXIS)
+
+    def run(state, measured, data, arrays, rngs, teacher, start, stop):
+      def body(i, carry):
+        state, measured = carry
+        indices = {name: a[i] for name, a in arrays.items()}
+        state, values = population_step(state, data, indices, rngs, teacher)
+        return state, jax.tree.map(lambda buf, v: buf.at[i].set(v), measured,
+                                   values)
+
+      return jax.lax.fori_loop(start, stop, body, (state, measured))
+
+    program = jax.jit(run, donate_argnums=(0, 1),
+                      out_shardings=(member_sharding(mesh),
+                                     NamedSharding(mesh, P(None, MODEL_AXIS))))
+    self._programs[key] = (program, population_step)
+    return self._programs[key]
+
+  def run(self, plan: Plan, updates: Mapping[str, Update], state: TrainState,
+          rngs: jax.Array, *, sources: Mapping[str, str] | None = None,
+          teacher=None, label: str = '') -> tuple[TrainState, RunResult]:
+    """Runs every step of `plan` on the population `state`.
+
+    The plan's batches name splits, or roles that `sources` maps to splits
+    (e.g. {'train': 'retain'} to train from scratch on retain). `rngs` holds
+    one key per member; step s of member m draws from
+    `fold_in(rngs[m], state.step[m])`, so a resumed run draws as an
+    uninterrupted one. `teacher` (a population's variables, or None) is
+    passed to objectives in eval mode.
+    """
+    population = members(state)
+    mesh = self.mesh(population)
+    data = self.resident(mesh)
+    arrays, segments = plan.groups()
+    offset = lambda role: self.offsets[(sources or {}).get(role, role)]
+    arrays = {group: {role: jax.device_put(
+        a + offset(role), NamedSharding(
+            mesh, P(None, MODEL_AXIS, *batch_spec(mesh, a.shape[2]))))
+                      for role, a in group_arrays.items()}
+              for group, group_arrays in arrays.items()}
+    rngs = jax.device_put(rngs, member_sharding(mesh))
+    if teacher is not None:
+      teacher = self.put_members(teacher, population)
+    buffers = {}
+    compile_before = self.compiler.seconds
+    flops = 0.0
+    start = last_log = time.perf_counter()
+    done = images = 0
+    running = 0.0  # seconds spent executing, not compiling
+    total = len(plan)
+    for group, first, stop in segments:
+      program, population_step = self._update_program(updates[group[0]],
+                                                       mesh)
+      if group not in buffers:
+        shapes = jax.eval_shape(
+            population_step, state, data,
+            {n: a[0] for n, a in arrays[group].items()}, rngs, teacher)[1]
+        length = next(iter(arrays[group].values())).shape[0]
+        buffers[group] = jax.device_put(
+            jax.tree.map(lambda s: np.zeros((length,) + s.shape, s.dtype),
+                         shapes),
+            NamedSharding(mesh, P(None, MODEL_AXIS)))
+      i = first
+      while i < stop:
+        count = self._chunk(group, stop - i)
+        args = (state, buffers[group], data, arrays[group], rngs, teacher,
+                np.int32(i), np.int32(i + count))
+        compiled = self.compiler(program, *args, members=population)
+        flops += compiled.flops * count
+        began = time.perf_counter()
+        state, buffers[group] = compiled.call(*args)
+        jax.block_until_ready(state.step)
+        running += time.perf_counter() - began
+        self._step_seconds[group] = (time.perf_counter() - began) / count
+        done += count
+        images += count * population * sum(
+            a.shape[2] for a in arrays[group].values())
+        i += count
+        now = time.perf_counter()
+        if label and now - last_log >= self.log_every_s and done < total:
+          last_log = now
+          loss = np.asarray(buffers[group]['loss'][i - 1]).mean()
+          log(f'  {label} step {done}/{total}: '
+              f'{images / running:.1f} img/s, loss {loss:.4f}')
+    host = {g: jax.device_get(b) for g, b in buffers.items()}
+    measured: dict[str, list] = {}
+    for group, first, stop in segments:
+      for name, values in host[group].items():
+        measured.setdefault(name, []).append(values[first:stop])
+    # Measurements every kind of step makes (the loss, at least).
+    measured = {k: np.concatenate(v) for k, v in measured.items()
+                if sum(len(x) for x in v) == total}
+    compile_seconds = self.compiler.seconds - compile_before
+    return state, RunResult(
+        measured=measured,
+        seconds=time.perf_counter() - start - compile_seconds,
+        compile_seconds=compile_seconds, flops=flops)
+
+  def _chunk(self, group, remaining: int) -> int:
+    """Steps to run before the host looks again: about `log_every_s` worth,
+    one step while the step time is still unknown."""
+    seconds = self._step_seconds.get(group)
+    if seconds is None:
+      return 1
+    return max(1, min(remaining, int(self.log_every_s / max(seconds, 1e-6))))
+
+  # ---------------------------------------------------------- evaluation
+
+  def _eval_program(self, mesh: Mesh, batch: int) -> Callable:
+    key = ('eval', mesh.devices.shape, batch)
+    if key in self._programs:
+      return self._programs[key]
+    model, loss, image_size = self.model, self.loss, self.image_size
+    spec = NamedSharding(mesh, batch_spec(mesh, batch))
+
+    def run(variables, split, indices):
+      def one_batch(idx):
+        b = input_pipeline.gather_batch(split, idx)
+        images = jax.lax.with_sharding_constraint(
+            preprocess(b['image'], image_size), spec)
+        logits = jax.vmap(
+            lambda v: model.apply(v, images, train=False),
+            spmd_axis_name=MODEL_AXIS)(variables).astype(jnp.float32)
+        per_sample = jax.vmap(
+            lambda z: losses.per_sample_loss(z, b['label'], loss))(logits)
+        return logits, per_sample
+
+      return jax.lax.map(one_batch, indices)
+
+    self._programs[key] = jax.jit(run)
+    return self._programs[key]
+
+  def evaluate(self, variables, split: str) -> dict[str, np.ndarray]:
+    """Eval-mode logits [members, n, outputs] and per-sample losses
+    [members, n] of a population on a whole split, without augmentation.
+
+    Eval mode has no batch dependence, so batches are padded to a size that
+    shards evenly, and the padding is dropped afterwards.
+    """
+    population = members(variables)
+    mesh = self.mesh(population)
+    data = self.resident(mesh)
+    n = len(self.splits[split]['label'])
+    ways = mesh.shape[DATA_AXIS]
+    batch = max(ways, EVAL_IMAGES // population // ways * ways)
+    chunk = 8  # batches per call: one compiled program for every split size
+    steps = -(-n // batch)
+    padded = -(-steps // chunk) * chunk * batch
+    order = (np.minimum(np.arange(padded), max(n - 1, 0))
+             + self.offsets[split]).astype(np.int32)
+    order = order.reshape(-1, chunk, batch)
+    program = self._eval_program(mesh, batch)
+    variables = self.put_members(variables, population)
+    logits, per_sample = [], []
+    for indices in order:
+      indices = jax.device_put(indices, replicated(mesh))
+      compiled = self.compiler(program, variables, data, indices,
+                               members=population)
+      z, l = compiled.call(variables, data, indices)
+      logits.append(z)
+      per_sample.append(l)
+    # [calls][chunk, members, batch, ...] -> [members, n, ...]
+    logits = np.concatenate([np.asarray(z) for z in logits])
+    per_sample = np.concatenate([np.asarray(l) for l in per_sample])
+    logits = np.moveaxis(logits, 1, 0).reshape(population, -1,
+                                               logits.shape[-1])[:, :n]
+    per_sample = np.moveaxis(per_sample, 1, 0).reshape(population, -1)[:, :n]
+    return {'logits': logits, 'loss': per_sample}

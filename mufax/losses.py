@@ -1,0 +1,58 @@
+"""The task's losses and hits: what a head's logits mean (protocol §6).
+
+A head is 'softmax' (integer labels, cross-entropy) or 'sigmoid' (0/1 label
+vectors, BCE with logits averaged over the labels).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mufax import metrics
+
+LOSSES = ('softmax', 'sigmoid')
+
+
+def loss_kind(label_feature) -> tuple[str, int]:
+  """(loss, num_outputs) for a dataset's `label` feature."""
+  names = getattr(label_feature, 'names', None)
+  if names is not None:
+    return 'softmax', len(names)
+  return 'sigmoid', int(label_feature.shape[-1])
+
+
+def per_sample_loss(logits: jax.Array, labels: jax.Array,
+                    loss: str) -> jax.Array:
+  """Cross-entropy, or BCE-with-logits averaged over the labels."""
+  logits = logits.astype(jnp.float32)
+  if loss == 'softmax':
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  if loss == 'sigmoid':
+    return optax.sigmoid_binary_cross_entropy(
+        logits, labels.astype(jnp.float32)).mean(axis=-1)
+  raise ValueError(f'Unknown loss {loss!r}; expected one of {LOSSES}.')
+
+
+def correct(logits: jax.Array, labels: jax.Array, loss: str) -> jax.Array:
+  """Per-sample top-1 hit (softmax) or fraction of attributes right."""
+  if loss == 'softmax':
+    return (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  return ((logits > 0) == (labels > 0)).astype(jnp.float32).mean(axis=-1)
+
+
+def accuracies(logits: np.ndarray, labels: np.ndarray,
+               loss: str) -> dict[str, Any]:
+  """Utility: top-1 (and top-2 with > 2 classes), or multi-label."""
+  if loss == 'sigmoid':
+    per_attribute = metrics.multilabel_accuracies(logits, labels)
+    return {'accuracy': float(per_attribute.mean()),
+            'attribute_accuracies': [float(a) for a in per_attribute]}
+  out = {'accuracy': metrics.top_k_accuracy(logits, labels, k=1)}
+  if logits.shape[-1] > 2:
+    out['top2_accuracy'] = metrics.top_k_accuracy(logits, labels, k=2)
+  return out
