@@ -311,7 +311,8 @@ class Plan:
       else:
         segments.append((group, len(rows), len(rows) + 1))
       rows.append(i)
-    arrays = {group: {s: np.stack([self.steps[i][1][s] for i in rows])
+    arrays = {group: {s: _pad_steps(np.stack([self.steps[i][1][s]
+                                              for i in rows]))
                       for s in self.steps[rows[0]][1]}
               for group, rows in members_of.items()}
     return arrays, segments
@@ -319,6 +320,18 @@ class Plan:
   def images(self, i: int) -> int:
     """Images one member sees at step i."""
     return sum(v.shape[1] for v in self.steps[i][1].values())
+
+
+def _pad_steps(steps: np.ndarray) -> np.ndarray:
+  """`steps` [S, ...] padded with zeros to the next power of two.
+
+  Programs are compiled for the shapes of their arguments: padded, plans of
+  similar lengths (an epoch over train and one over retain, SCRUB's retain
+  and forget passes) share one program. The loop runs only the real steps.
+  """
+  length = 1 << max(3, (len(steps) - 1).bit_length())
+  return np.concatenate([steps, np.zeros((length - len(steps),)
+                                         + steps.shape[1:], steps.dtype)])
 
 
 def epoch_plan(pools: Sequence[np.ndarray], *, batch_size: int,
@@ -779,12 +792,12 @@ class Engine:
     n = len(self.splits[split]['label'])
     ways = mesh.shape[DATA_AXIS]
     batch = max(ways, EVAL_IMAGES // population // ways * ways)
-    chunk = 8  # batches per call: one compiled program for every split size
-    steps = -(-n // batch)
-    padded = -(-steps // chunk) * chunk * batch
+    # One batch per call: one compiled program for every split size, and at
+    # most one batch of padding.
+    padded = -(-n // batch) * batch
     order = (np.minimum(np.arange(padded), max(n - 1, 0))
              + self.offsets[split]).astype(np.int32)
-    order = order.reshape(-1, chunk, batch)
+    order = order.reshape(-1, 1, batch)
     program = self._eval_program(mesh, batch)
     variables = self.put_members(variables, population)
     logits, per_sample = [], []

@@ -84,6 +84,24 @@ def mean_loss(ctx, variables, split):
   return float(ctx.engine.evaluate(variables, split)['loss'].mean())
 
 
+def assert_equal_up_to_rounding(test, start, a, b, rel):
+  """a and b, two results of the same steps from `start`, differ by at most
+  `rel` of what the steps changed, leaf by leaf.
+
+  The steps are chaotic on random data (a few at lr 0.01 move some kernels
+  by more than their size), so float32 rounding grows with the change; a
+  real difference (statistics of part of a batch, a step missing) is of the
+  order of the change itself.
+  """
+  for (path, x), y, s in zip(jax.tree_util.tree_flatten_with_path(a)[0],
+                             jax.tree.leaves(b), jax.tree.leaves(start)):
+    change = float(np.abs(np.asarray(x) - np.asarray(s)).max())
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0,
+                               atol=rel * change + 1e-6,
+                               err_msg=jax.tree_util.keystr(path))
+    test.assertIsNotNone(path)
+
+
 def max_change(before, after):
   return max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
              for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
@@ -296,21 +314,21 @@ class PopulationTest(parameterized.TestCase):
     for name, row in rows.items():
       self.assertGreater(row.update_steps, 0)
       member = engine.member(row.variables, 1)
-      jax.tree.map(lambda a, b: np.testing.assert_allclose(
-          a, b, rtol=1e-5, atol=1e-6), member,
-                   engine.member(alone[name].variables, 0))
+      assert_equal_up_to_rounding(self, engine.member(population, 1), member,
+                                  engine.member(alone[name].variables, 0),
+                                  rel=1e-4)
       self.assertGreater(max_change(engine.member(population, 1)['params'],
                                     member['params']), 1e-4, name)
 
   @parameterized.parameters(*SGD_METHODS)
   def test_four_devices_equal_one(self, method):
     """Up to float32 rounding: the devices sum the batch's gradients in
-    another order, and a few steps at lr 0.01 carry that into the fifth
-    digit."""
+    another order."""
     if jax.device_count() < 4:
       self.fail('needs 4 devices: XLA_FLAGS=--xla_force_host_platform_'
                 'device_count=4 (conftest.py sets it)')
     results = []
+    _, start = tiny_context(jax.devices()[:1])
     for devices in (jax.devices()[:1], jax.devices()[:4]):
       ctx, original = tiny_context(devices, epochs=1, lr=0.01)
       start = host(original)
@@ -325,8 +343,8 @@ class PopulationTest(parameterized.TestCase):
     one, four = results
     self.assertEqual(one.keys(), four.keys())
     for name in one:
-      jax.tree.map(lambda a, b: np.testing.assert_allclose(
-          a, b, rtol=1e-4, atol=5e-5), one[name], four[name])
+      assert_equal_up_to_rounding(self, host(start), one[name], four[name],
+                                  rel=5e-3)
 
 
 if __name__ == '__main__':
