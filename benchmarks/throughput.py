@@ -2,7 +2,8 @@ r"""Images per second of the mufax ResNet-18 against PyTorch eager, side by side
 
 Times, in one process and interleaved repetition by repetition (so that load
 from other processes hits both sides alike):
-- train: the real `mufax.train` step (SGD, momentum 0.9, softmax
+- train: one model's train step as the engine runs it for each member (uint8
+  images to float on the device, SGD with momentum 0.9, softmax
   cross-entropy, BatchNorm in train mode) against a torchvision-style
   ResNet-18 train step in PyTorch eager. The headline row runs the mufax step
   without its on-device augmentation, since PyTorch gets already-augmented
@@ -14,7 +15,10 @@ from other processes hits both sides alike):
 Each figure is the median over `--repeats` repetitions of `--steps` steps,
 after one warm-up repetition. Compilation is timed apart (`compile_s`).
 
-  python -m benchmarks.throughput --image_size=128 --json=/tmp/throughput.json
+  python -m benchmarks.throughput --image_sizes=32,64,128 \
+      --json=/tmp/throughput.json
+
+times each size in turn and ends with a table of the ratios at every size.
 
 With --layers, times instead each convolution shape of the model alone
 (forward, input gradient, kernel gradient): XLA's native convolution, the
@@ -25,6 +29,7 @@ PyTorch is an optional dependency, needed only here.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -43,12 +48,15 @@ from torch import nn
 import torch.nn.functional as F
 
 from mufax import conv
+from mufax import input_pipeline
 from mufax import models
 from mufax import torch_resnet
-from mufax import train
 
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Images per step.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 128, 'Height and width.')
+_IMAGE_SIZES = flags.DEFINE_list(
+    'image_sizes', None, 'Several heights and widths, timed in turn; '
+    'overrides --image_size.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Steps per timed repetition.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repetitions.')
 _JSON = flags.DEFINE_string('json', None, 'Also write the results here.')
@@ -118,17 +126,16 @@ def torch_steps(images: np.ndarray, labels: np.ndarray, device: str,
 
 def mufax_steps(images: np.ndarray, labels: np.ndarray,
                 dtype: jnp.dtype) -> tuple[dict[str, Callable], dict]:
-  """Named callables running n steps of the real mufax steps, and compile s.
+  """Named callables running n steps of the mufax steps, and compile s.
 
-  Steps are compiled ahead of time, so that compilation is timed apart; the
-  executables are those `mufax.train` builds.
+  Steps are compiled ahead of time, so that compilation is timed apart.
   """
   model = models.ResNet18(num_outputs=NUM_OUTPUTS, dtype=dtype)
   tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
-  mesh = train.make_mesh()
   image_size = images.shape[1]
-  batch = train.shard_batch({'image': images, 'label': labels}, mesh)
-  rng = train.replicate(jax.random.key(1), mesh)
+  images, labels = jnp.asarray(images), jnp.asarray(labels)
+  rng = jax.random.key(1)
+  variables = models.init_variables(model, jax.random.key(0), image_size)
   compile_s = {}
 
   def compiled(name, step, *args):
@@ -137,18 +144,39 @@ def mufax_steps(images: np.ndarray, labels: np.ndarray,
     compile_s[name] = time.perf_counter() - start
     return executable
 
+  def train_step(augment, state, images, labels, rng):
+    step, params, batch_stats, opt_state = state
+    images = input_pipeline.to_float(images)
+    if augment:
+      images = input_pipeline.augment(images, jax.random.fold_in(rng, step))
+
+    def loss_fn(params):
+      logits, updates = model.apply(
+          {'params': params, 'batch_stats': batch_stats}, images, train=True,
+          mutable=['batch_stats'])
+      losses = optax.softmax_cross_entropy_with_integer_labels(
+          logits.astype(jnp.float32), labels)
+      return losses.mean(), updates['batch_stats']
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (step + 1, optax.apply_updates(params, updates), batch_stats,
+            opt_state), loss
+
   def train_runner(augment: bool, name: str):
-    state = train.create_train_state(model, tx, jax.random.key(0),
-                                     image_size=image_size, mesh=mesh)
-    step = compiled(name, train.make_train_step(
-        model, tx, mesh=mesh, loss='softmax', augment=augment),
-                    state, batch, rng)
+    state = (jnp.zeros((), jnp.int32), variables['params'],
+             variables['batch_stats'], tx.init(variables['params']))
+    state = jax.tree.map(jnp.copy, state)  # donated: not the shared arrays
+    step = compiled(name, jax.jit(functools.partial(train_step, augment),
+                                  donate_argnums=0),
+                    state, images, labels, rng)
 
     def run(n):
       nonlocal state
       for _ in range(n):
-        state, measured = step(state, batch, rng)
-      jax.block_until_ready((state, measured))
+        state, loss = step(state, images, labels, rng)
+      jax.block_until_ready((state, loss))
 
     return run
 
@@ -156,15 +184,17 @@ def mufax_steps(images: np.ndarray, labels: np.ndarray,
   if _AUGMENTED.value:
     runners['train_augmented'] = train_runner(True, 'train_augmented')
 
-  variables = models.init_variables(model, jax.random.key(0), image_size)
-  variables = train.replicate(variables, mesh)
-  eval_step = compiled('eval', train.make_eval_step(model, mesh=mesh,
-                                                    loss='softmax'),
-                       variables, batch)
+  def eval_step(variables, images, labels):
+    logits = model.apply(variables, input_pipeline.to_float(images),
+                         train=False).astype(jnp.float32)
+    return logits, optax.softmax_cross_entropy_with_integer_labels(logits,
+                                                                   labels)
+
+  step = compiled('eval', jax.jit(eval_step), variables, images, labels)
 
   def eval_run(n):
     for _ in range(n):
-      out = eval_step(variables, batch)
+      out = step(variables, images, labels)
     jax.block_until_ready(out)
 
   runners['eval'] = eval_run
@@ -339,31 +369,25 @@ def print_layer_table(rows, pool):
 # --------------------------------------------------------------------- main
 
 
-def main(argv):
-  del argv
-  if _TORCH_THREADS.value:
-    torch.set_num_threads(_TORCH_THREADS.value)
-  if _LAYERS.value:
-    load_before = os.getloadavg()[0]
-    rows, pool = layer_table(_IMAGE_SIZE.value, _BATCH_SIZE.value,
-                             _REPEATS.value)
-    totals = print_layer_table(rows, pool)
-    print(f'load average before/after: {load_before:.2f} / '
-          f'{os.getloadavg()[0]:.2f}')
-    if _JSON.value:
-      with open(_JSON.value, 'w') as f:
-        json.dump({'layers': rows, 'totals_ms': totals, 'max_pool_ms': pool,
-                   'image_size': _IMAGE_SIZE.value,
-                   'batch_size': _BATCH_SIZE.value,
-                   'load_average': [load_before, os.getloadavg()[0]]},
-                  f, indent=2)
-    return
+def time_layers(size: int) -> dict:
+  load_before = os.getloadavg()[0]
+  rows, pool = layer_table(size, _BATCH_SIZE.value, _REPEATS.value)
+  totals = print_layer_table(rows, pool)
+  load = [load_before, os.getloadavg()[0]]
+  print(f'load average before/after: {load[0]:.2f} / {load[1]:.2f}')
+  return {'layers': rows, 'totals_ms': totals, 'max_pool_ms': pool,
+          'image_size': size, 'batch_size': _BATCH_SIZE.value,
+          'load_average': load}
+
+
+def time_steps(size: int) -> dict:
+  """Both sides' steps at one image size; prints their table."""
   backend = jax.default_backend()
   torch_device = 'cuda' if torch.cuda.is_available() else 'cpu'
   bf16 = _DTYPE.value == 'bfloat16'
   time_torch = not (bf16 and torch_device == 'cpu')
 
-  b, size = _BATCH_SIZE.value, _IMAGE_SIZE.value
+  b = _BATCH_SIZE.value
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8)
   labels = rng.integers(0, NUM_OUTPUTS, (b,), dtype=np.int32)
@@ -416,10 +440,45 @@ def main(argv):
   print('compile s: ' + ', '.join(f'{k} {v:.1f}'
                                   for k, v in compile_s.items()))
   print(f'load average before/after: {load_before:.2f} / '
-        f'{results["load_average"][1]:.2f}')
+        f'{results["load_average"][1]:.2f}', flush=True)
+  return results
+
+
+def print_summary(by_size: dict[int, dict]) -> None:
+  """mufax / PyTorch img/s and their ratio, every step at every size."""
+  names = [n for n in ('train', 'train_augmented', 'eval')
+           if n in next(iter(by_size.values()))]
+  print(f'\n{"size":>5s} ' + ' '.join(f'{n + " img/s (mufax/PyTorch)":>34s} '
+                                       f'{"ratio":>6s}' for n in names))
+  for size, results in by_size.items():
+    cells = []
+    for name in names:
+      row = results[name]
+      torch_rate = row['pytorch_img_per_s']
+      cells.append(f'{row["mufax_img_per_s"]:15.1f} / ' + (
+          f'{torch_rate:15.1f} {row["ratio"]:6.2f}' if torch_rate else
+          f'{"-":>15s} {"-":>6s}'))
+    print(f'{size:5d} ' + ' '.join(cells))
+
+
+def main(argv):
+  del argv
+  if _TORCH_THREADS.value:
+    torch.set_num_threads(_TORCH_THREADS.value)
+  sizes = ([int(s) for s in _IMAGE_SIZES.value] if _IMAGE_SIZES.value
+           else [_IMAGE_SIZE.value])
+  timed = time_layers if _LAYERS.value else time_steps
+  by_size = {}
+  for size in sizes:
+    by_size[size] = timed(size)
+  if not _LAYERS.value and len(sizes) > 1:
+    print_summary(by_size)
   if _JSON.value:
     with open(_JSON.value, 'w') as f:
-      json.dump(results, f, indent=2)
+      json.dump(by_size[sizes[0]] if len(sizes) == 1 else
+                {'image_sizes': sizes,
+                 'by_image_size': {str(k): v for k, v in by_size.items()}},
+                f, indent=2)
 
 
 if __name__ == '__main__':

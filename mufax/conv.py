@@ -19,11 +19,15 @@ convolution are each computed by a formulation picked for its static shape
   matmul).
 - winograd: Winograd's F(2x2, 3x3) for stride-1 3x3 kernels: 16 batched
   matrix products on transformed 4x4 tiles, 2.25x fewer multiplications.
+- dense: for outputs of at most 2x2 pixels, one matmul per output pixel over
+  its receptive field, with no padding multiplied.
 
 All compute the same linear maps, up to float rounding. The gradients come
 from a `custom_vjp`: reverse-mode derivatives of any order work, forward-mode
-(`jax.jvp`, `jax.jacfwd`) does not. On GPU and TPU, where XLA's convolutions
-are fast, `plan` is all-native and none of this runs.
+(`jax.jvp`, `jax.jacfwd`) does not. Under `jax.vmap` over a model axis (a
+population of models), each product runs member by member rather than as
+XLA's grouped convolution (see "populations" below). On GPU and TPU, where
+XLA's convolutions are fast, `plan` is all-native and none of this runs.
 
 `max_pool` is torch's max pool with a gradient that XLA's CPU runs fast.
 """
@@ -40,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
-NATIVE, PATCHES, WINOGRAD = 'native', 'patches', 'winograd'
+NATIVE, PATCHES, WINOGRAD, DENSE = 'native', 'patches', 'winograd', 'dense'
 
 
 class Plan(NamedTuple):
@@ -168,6 +172,37 @@ def _patches_kernel_grad(x, g, stride, kernel_shape):
   rows, cols = np.array(taps).T
   return jnp.zeros(kernel_shape, g.dtype).at[rows, cols].set(
       grads.reshape(len(taps), *kernel_shape[2:]).astype(g.dtype))
+
+
+# ------------------------------------------------------------------- dense
+# On a tiny map, each output pixel is one matmul: the input rectangle its
+# receptive field covers (the map clipped, no padding) times the kernel taps
+# that reach it, a contiguous block of the kernel. Nothing is multiplied by
+# padding: on a 2x2 map a 3x3 kernel's patch matrix is 5/9 zeros, and
+# Winograd's 16 small matmuls of one tile each run far below the CPU's speed.
+
+
+def _receptive_field(size: int, kernel_size: int, stride: int, o: int):
+  """(first, stop) input index and first kernel offset of output `o`."""
+  pad = kernel_size // 2
+  first = max(o * stride - pad, 0)
+  stop = min(o * stride - pad + kernel_size, size)
+  return first, stop, first + pad - o * stride
+
+
+def _dense(x, kernel, stride: int):
+  b, h, w, _ = x.shape
+  k = kernel.shape[0]
+  ho, wo = output_size(h, k, stride), output_size(w, k, stride)
+  outs = []
+  for oy in range(ho):
+    y0, y1, i = _receptive_field(h, k, stride, oy)
+    for ox in range(wo):
+      x0, x1, j = _receptive_field(w, k, stride, ox)
+      taps = kernel[i:i + y1 - y0, j:j + x1 - x0]
+      outs.append(x[:, y0:y1, x0:x1].reshape(b, -1)
+                  @ taps.reshape(-1, kernel.shape[-1]))
+  return jnp.stack(outs, axis=1).reshape(b, ho, wo, -1)
 
 
 # ---------------------------------------------------------------- winograd
@@ -342,17 +377,107 @@ def _transposed_kernel(forward):
   return kernel_grad
 
 
-FORWARD = {NATIVE: _native, PATCHES: _patches, WINOGRAD: _winograd}
-INPUT_GRAD = {NATIVE: _transposed_input(_native),
-              PATCHES: _transposed_input(_patches),
-              WINOGRAD: _winograd_input_grad}
-KERNEL_GRAD = {NATIVE: _transposed_kernel(_native),
-               PATCHES: _patches_kernel_grad,
-               WINOGRAD: _winograd_kernel_grad}
+_FORWARD = {NATIVE: _native, PATCHES: _patches, WINOGRAD: _winograd,
+            DENSE: _dense}
+_INPUT_GRAD = {NATIVE: _transposed_input(_native),
+               PATCHES: _transposed_input(_patches),
+               WINOGRAD: _winograd_input_grad,
+               DENSE: _transposed_input(_dense)}
+_KERNEL_GRAD = {NATIVE: _transposed_kernel(_native),
+                PATCHES: _patches_kernel_grad,
+                WINOGRAD: _winograd_kernel_grad,
+                DENSE: _transposed_kernel(_dense)}
 
 
-def supports(formulation: str, kernel_size: int, stride: int) -> bool:
-  return formulation != WINOGRAD or (kernel_size, stride) == (3, 1)
+# ------------------------------------------------------------- populations
+# A population of models trains as one program: the single-model step is
+# `jax.vmap`ped over a leading model axis of parameters and batches. vmap
+# turns a native convolution whose kernel has that axis into a grouped
+# convolution, which XLA's CPU ran 6-10x slower than the members' convolutions
+# one after another (the stem of 8 members at 32x32), and the matmul
+# formulations into batched matmuls over operands N times the size their
+# batch chunks were tuned for. So, batched over members, every product runs a
+# member at a time (`custom_vmap`), each exactly as in a single model, while
+# the rest of the step (normalisation, activations, the optimizer) batches.
+# custom_vmap has no transpose rule, so each product is also a custom_vjp
+# whose cotangents are the other two products: the three are bilinear and
+# transposes of one another, and derivatives of any order still work.
+
+
+def _product(formulation: str, product: str, a, b, stride: int, x_shape,
+             kernel_shape):
+  if product == 'forward':  # a: input, b: kernel
+    return _FORWARD[formulation](a, b, stride)
+  if product == 'input_grad':  # a: output cotangent, b: kernel
+    return _INPUT_GRAD[formulation](a, b, stride, x_shape)
+  return _KERNEL_GRAD[formulation](a, b, stride, kernel_shape)  # input, g
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 4, 5, 6))
+def _member_product(formulation, product, a, b, stride, x_shape,
+                    kernel_shape):
+
+  @jax.custom_batching.custom_vmap
+  def call(a, b):
+    return _product(formulation, product, a, b, stride, x_shape, kernel_shape)
+
+  # Unrolled: in a loop (`lax.map`) XLA's CPU ran the stem's native
+  # convolutions 5x slower than outside one.
+  @call.def_vmap
+  def member_by_member(axis_size, in_batched, a, b):
+    return jnp.stack([
+        call(*[arg[m] if batched else arg
+               for arg, batched in zip((a, b), in_batched)])
+        for m in range(axis_size)]), True
+
+  return call(a, b)
+
+
+def _member_product_fwd(formulation, product, a, b, stride, x_shape,
+                        kernel_shape):
+  return _member_product(formulation, product, a, b, stride, x_shape,
+                         kernel_shape), (a, b)
+
+
+def _member_product_bwd(formulation, product, stride, x_shape, kernel_shape,
+                        residuals, ct):
+  a, b = residuals
+
+  def other(product, a, b):
+    return _member_product(formulation, product, a, b, stride, x_shape,
+                           kernel_shape)
+
+  if product == 'forward':
+    return other('input_grad', ct, b), other('kernel_grad', a, ct)
+  if product == 'input_grad':
+    return other('forward', ct, b), other('kernel_grad', ct, a)
+  return other('input_grad', b, ct), other('forward', a, ct)
+
+
+_member_product.defvjp(_member_product_fwd, _member_product_bwd)
+
+
+def _products(formulation: str):
+  """(forward, input_grad, kernel_grad) of a formulation, as used."""
+
+  def forward(x, kernel, stride):
+    return _member_product(formulation, 'forward', x, kernel, stride,
+                           x.shape, kernel.shape)
+
+  def input_grad(g, kernel, stride, x_shape):
+    return _member_product(formulation, 'input_grad', g, kernel, stride,
+                           tuple(x_shape), kernel.shape)
+
+  def kernel_grad(x, g, stride, kernel_shape):
+    return _member_product(formulation, 'kernel_grad', x, g, stride, x.shape,
+                           tuple(kernel_shape))
+
+  return forward, input_grad, kernel_grad
+
+
+FORWARD, INPUT_GRAD, KERNEL_GRAD = (
+    dict(zip(_FORWARD, products))
+    for products in zip(*(_products(f) for f in _FORWARD)))
 
 
 def plan(x_shape, kernel_shape, stride: int,
@@ -362,12 +487,15 @@ def plan(x_shape, kernel_shape, stride: int,
     return ALL_NATIVE
   _, h, w, _ = x_shape
   k = kernel_shape[0]
-  if (k, stride) == (3, 1) and h * w > 1:
+  if k > 1 and output_size(h, k, stride) * output_size(w, k, stride) <= 4:
+    return Plan(DENSE, DENSE, DENSE)
+  if (k, stride) == (3, 1):
     return Plan(WINOGRAD, WINOGRAD, WINOGRAD)
   if k == 7:
     # The stem's 3-channel taps make a patch matrix XLA builds slowly; its
-    # native forward is as fast, but not its kernel gradient.
-    return Plan(NATIVE, PATCHES, PATCHES)
+    # native forward is as fast, and so is its kernel gradient up to 32x32
+    # images, but from 64x64 on that takes 10x the patches'.
+    return Plan(NATIVE, PATCHES, NATIVE if h * w <= 32 * 32 else PATCHES)
   return Plan(PATCHES, PATCHES, PATCHES)
 
 

@@ -20,14 +20,18 @@ SHAPES = [
     (1, 3, 2, 6, 5), (2, 3, 2, 6, 5), (5, 3, 2, 6, 5), (8, 3, 2, 6, 5),
     (1, 1, 2, 6, 5), (7, 1, 2, 6, 5),
 ]
-FORMULATIONS = (conv.PATCHES, conv.WINOGRAD)
+FORMULATIONS = (conv.PATCHES, conv.WINOGRAD, conv.DENSE)
+
+
+def _supports(formulation, kernel_size, stride):
+  return formulation != conv.WINOGRAD or (kernel_size, stride) == (3, 1)
 
 
 def _cases(formulations=FORMULATIONS):
   return [dict(testcase_name=f'{f}_h{h}_k{k}_s{s}', formulation=f, size=h,
                kernel_size=k, stride=s, cin=cin, cout=cout)
           for f in formulations for h, k, s, cin, cout in SHAPES
-          if conv.supports(f, k, s)]
+          if _supports(f, k, s)]
 
 
 def _inputs(size, kernel_size, stride, cin, cout, batch=2, dtype=jnp.float32):
@@ -70,7 +74,7 @@ class FormulationTest(parameterized.TestCase):
                   _output_and_grads(x, kernel, g, stride, conv.ALL_NATIVE),
                   tol=1e-5)
 
-  @parameterized.parameters(conv.PATCHES, conv.WINOGRAD)
+  @parameterized.parameters(*FORMULATIONS)
   def test_mixed_plan(self, formulation):
     x, kernel, g = _inputs(6, 3, 1, 4, 3)
     plan = conv.Plan(conv.NATIVE, formulation, conv.NATIVE)
@@ -78,7 +82,7 @@ class FormulationTest(parameterized.TestCase):
                   _output_and_grads(x, kernel, g, 1, conv.ALL_NATIVE),
                   tol=1e-5)
 
-  @parameterized.product(formulation=FORMULATIONS,
+  @parameterized.product(formulation=(conv.PATCHES, conv.WINOGRAD),
                          batch_and_budget=((8, 10_000), (7, 1)))
   def test_in_batch_chunks(self, formulation, batch_and_budget):
     """The loop over batch chunks (large batches) agrees with one pass.
@@ -111,17 +115,91 @@ class FormulationTest(parameterized.TestCase):
       error = np.max(np.abs(np.asarray(a, np.float32) - e)) / np.max(np.abs(e))
       self.assertLess(error, 2e-2, name)
 
-  def test_second_order(self):
+  @parameterized.parameters(
+      (conv.WINOGRAD, conv.PATCHES, conv.WINOGRAD),
+      (conv.NATIVE, conv.DENSE, conv.NATIVE),
+      (conv.DENSE, conv.NATIVE, conv.PATCHES))
+  def test_second_order(self, *formulations):
     x, kernel, _ = _inputs(4, 3, 1, 3, 2)
 
     def grad_norm(kernel, plan):
       loss = lambda k: jnp.sum(jnp.tanh(conv.conv2d(x, k, 1, plan)))
       return jnp.sum(jnp.square(jax.grad(loss)(kernel)))
 
-    plan = conv.Plan(conv.WINOGRAD, conv.PATCHES, conv.WINOGRAD)
     np.testing.assert_allclose(
-        jax.grad(grad_norm)(kernel, plan),
+        jax.grad(grad_norm)(kernel, conv.Plan(*formulations)),
         jax.grad(grad_norm)(kernel, conv.ALL_NATIVE), rtol=1e-4, atol=1e-4)
+
+
+def _population_inputs(members, size, kernel_size, stride, cin, cout):
+  """Per-member inputs, kernels and cotangents, stacked on a model axis."""
+  parts = [_inputs(size, kernel_size, stride, cin, cout)]
+  rng = np.random.default_rng(1)
+  for _ in range(members - 1):
+    parts.append(tuple(a * jnp.asarray(rng.uniform(0.5, 1.5, a.shape),
+                                       a.dtype) for a in parts[0]))
+  return tuple(jnp.stack(a) for a in zip(*parts))
+
+
+class PopulationTest(parameterized.TestCase):
+  """jax.vmap over a model axis: each member's convolution, as on its own."""
+
+  # (map size, kernel, stride, in, out): the stem, a 3x3 on a 2x2 map, a
+  # strided 3x3, a 3x3 on 5x6 (Winograd's odd size).
+  @parameterized.product(
+      shape=((9, 7, 2, 3, 4), (2, 3, 1, 6, 5), (5, 3, 2, 6, 5),
+             (5, 3, 1, 6, 5)),
+      formulation=(conv.NATIVE,) + FORMULATIONS)
+  def test_vmap_equals_members(self, shape, formulation):
+    size, kernel_size, stride, cin, cout = shape
+    if not _supports(formulation, kernel_size, stride):
+      self.skipTest('not a shape of this formulation')
+    x, kernel, g = _population_inputs(3, *shape)
+    # Not all-native (conv2d would call lax.conv directly): the input
+    # gradient of another formulation.
+    other = conv.PATCHES if formulation == conv.NATIVE else conv.NATIVE
+    plan = conv.Plan(formulation, other, formulation)
+    vmapped = jax.jit(jax.vmap(_output_and_grads, (0, 0, 0, None, None)),
+                      static_argnums=(3, 4))(x, kernel, g, stride, plan)
+    members = [_output_and_grads(x[m], kernel[m], g[m], stride, plan)
+               for m in range(3)]
+    expected = [jnp.stack(a) for a in zip(*members)]
+    _assert_close(self, vmapped, expected, tol=1e-5)
+    _assert_close(self, vmapped, jax.vmap(
+        _output_and_grads, (0, 0, 0, None, None))(x, kernel, g, stride,
+                                                  conv.ALL_NATIVE), tol=1e-5)
+
+  def test_vmap_of_a_shared_kernel(self):
+    x, kernel, g = _population_inputs(2, 2, 3, 1, 6, 5)
+    plan = conv.plan(x.shape[1:], kernel.shape[1:], 1, 'cpu')
+    vmapped = jax.vmap(_output_and_grads, (0, None, 0, None, None))(
+        x, kernel[0], g, 1, plan)
+    expected = jax.vmap(_output_and_grads, (0, None, 0, None, None))(
+        x, kernel[0], g, 1, conv.ALL_NATIVE)
+    _assert_close(self, vmapped, expected, tol=1e-5)
+
+  def test_vmap_of_second_order(self):
+    x, kernel, _ = _population_inputs(2, 4, 3, 1, 3, 2)
+
+    def grad_norm(x, kernel, plan):
+      loss = lambda k: jnp.sum(jnp.tanh(conv.conv2d(x, k, 1, plan)))
+      return jnp.sum(jnp.square(jax.grad(loss)(kernel)))
+
+    plan = conv.Plan(conv.NATIVE, conv.WINOGRAD, conv.DENSE)
+    grads = jax.vmap(jax.grad(grad_norm, 1), (0, 0, None))
+    np.testing.assert_allclose(grads(x, kernel, plan),
+                               grads(x, kernel, conv.ALL_NATIVE), rtol=1e-4,
+                               atol=1e-4)
+
+  def test_no_grouped_convolution(self):
+    """Batched over members, the stem runs as the members' convolutions."""
+    x, kernel, g = _population_inputs(2, 9, 7, 2, 3, 4)
+    plan = conv.Plan(conv.NATIVE, conv.NATIVE, conv.PATCHES)
+    hlo = jax.jit(jax.vmap(_output_and_grads, (0, 0, 0, None, None)),
+                  static_argnums=(3, 4)).lower(x, kernel, g, 2,
+                                               plan).as_text()
+    self.assertIn('convolution', hlo)
+    self.assertNotRegex(hlo, r'feature_group_count = [2-9]')
 
 
 class PlanTest(parameterized.TestCase):
@@ -149,7 +227,7 @@ class PlanTest(parameterized.TestCase):
       plan = conv.plan(x_shape, kernel_shape, stride, 'cpu')
       for formulation in plan:
         self.assertIn(formulation, (conv.NATIVE,) + FORMULATIONS)
-        self.assertTrue(conv.supports(formulation, kernel_shape[0], stride),
+        self.assertTrue(_supports(formulation, kernel_shape[0], stride),
                         (x_shape, kernel_shape, stride, plan))
 
   def test_avoids_slow_native_shapes(self):
