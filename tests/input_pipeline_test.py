@@ -200,8 +200,10 @@ class AugmentTest(absltest.TestCase):
 
   def test_same_rng_same_output(self):
     a = ip.augment(self.images, jax.random.key(1))
-    np.testing.assert_array_equal(a, jax.jit(ip.augment)(self.images,
-                                                         jax.random.key(1)))
+    # Compiled, XLA may fuse a multiply-add: the last bit may differ.
+    np.testing.assert_allclose(a, jax.jit(ip.augment)(self.images,
+                                                      jax.random.key(1)),
+                               rtol=0, atol=1e-6)
     self.assertFalse(np.array_equal(a, ip.augment(self.images,
                                                   jax.random.key(2))))
 
