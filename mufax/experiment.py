@@ -32,6 +32,7 @@ from mufax import unlearning
 from mufax.unlearning import cf_k
 from mufax.data import prepare
 from mufax.data import splits as splits_lib
+from mufax.evaluators import confidence
 
 MODELS = {'resnet18': models.ResNet18, 'resnet_tiny': models.ResNetTiny}
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -159,7 +160,8 @@ def evaluate_model(variables, *, engine: engine_lib.Engine, task: Task,
   """Protocol §6 for every member of a population: utility on test, MIA on
   forget vs unseen, NoMUS. Returns the record (means over the members, and
   each member's own under `members` when there are several) and the
-  per-sample losses [members, examples] of every split in LOSS_SPLITS."""
+  arrays [members, examples] of every split in LOSS_SPLITS: per-sample losses
+  under the split's name and φ under `phi_<split>`."""
   results = {split: engine.evaluate(variables, split)
              for split in LOSS_SPLITS}
   labels = task.splits['test']['label']
@@ -179,7 +181,12 @@ def evaluate_model(variables, *, engine: engine_lib.Engine, task: Task,
   record = mean_record(per_member)
   if len(per_member) > 1:
     record['members'] = per_member
-  return record, {split: results[split]['loss'] for split in LOSS_SPLITS}
+  arrays = {split: results[split]['loss'] for split in LOSS_SPLITS}
+  # φ (docs/evaluation.md §2), float64, for the extended evaluation.
+  arrays.update({f'phi_{split}': confidence.phi(
+      results[split]['logits'], task.splits[split]['label'], task.loss)
+                 for split in LOSS_SPLITS})
+  return record, arrays
 
 
 def mean_record(records: list[dict]) -> dict:

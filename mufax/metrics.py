@@ -20,9 +20,8 @@ from sklearn import model_selection
 def _losses(x, name: str) -> np.ndarray:
   """`x` as a non-empty 1-D array of finite real numbers.
 
-  Floating dtypes are kept (the reference feeds float32 losses to
-  scikit-learn, and float32 and float64 fits can differ in the last digits);
-  integers become float64.
+  Floating dtypes are kept and integers become float64; `membership_inference`
+  fits in float64 whatever the dtype.
   """
   a = np.asarray(x)
   if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.floating) or
@@ -82,7 +81,11 @@ def membership_inference(forget_losses, unseen_losses, *, seed: int = 42,
   forget = forget.copy()  # shuffle() works in place; leave the caller's alone.
   np.random.RandomState(seed).shuffle(forget)
   forget = forget[:len(unseen)]
-  samples = np.concatenate((unseen, forget)).reshape((-1, 1))
+  # The reference's scikit-learn fitted in float64 even on its float32
+  # losses; newer versions fit float32 input in float32, which moves M now
+  # and then (docs/evaluation.md §8).
+  samples = np.concatenate((unseen, forget)).astype(np.float64).reshape(
+      (-1, 1))
   labels = [0] * len(unseen) + [1] * len(forget)
   cv = model_selection.StratifiedShuffleSplit(n_splits=n_splits, random_state=0)
   scores = model_selection.cross_val_score(

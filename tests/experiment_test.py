@@ -69,10 +69,16 @@ class RunTest(absltest.TestCase):
     # NegGrad: 20 retain steps less the 4 where one batch is short.
     self.assertEqual([r['update_steps'] for r in records], [32, 20, 16])
     losses = np.load(os.path.join(workdir, 'losses', 'neggrad.npz'))
+    sizes = {'forget': 400, 'unseen': 400, 'test': 320, 'retain': 600}
     self.assertEqual({k: losses[k].shape for k in losses.files},
-                     {'forget': (2, 400), 'unseen': (2, 400),
-                      'test': (2, 320), 'retain': (2, 600)})
+                     {**{k: (2, n) for k, n in sizes.items()},
+                      **{f'phi_{k}': (2, n) for k, n in sizes.items()}})
     self.assertTrue(np.all(np.isfinite(losses['forget'])))
+    self.assertEqual(losses['phi_forget'].dtype, np.float64)
+    # Softmax φ > 0 exactly where the true class has more than half the mass,
+    # i.e. the loss -log p_y is below log 2.
+    np.testing.assert_array_equal(losses['phi_forget'] > 0,
+                                  losses['forget'] < np.log(2))
     with open(os.path.join(workdir, 'results.md')) as f:
       self.assertIn('| neggrad |', f.read())
     for plot in ('loss_histograms.png', 'accuracy_vs_forgetting.png'):

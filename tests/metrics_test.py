@@ -124,6 +124,18 @@ class MembershipInferenceTest(absltest.TestCase):
     self.assertEqual(got, reference_mia(forget, unseen))
     self.assertNotAlmostEqual(got, 0.5, places=2)  # not a degenerate case
 
+  def test_float32_fits_as_float64(self):
+    # The reference's scikit-learn fitted float32 losses in float64; this one
+    # fits float32 in float32, which gives another M on these losses.
+    rng = np.random.default_rng(25)
+    forget = rng.gamma(2.0, 0.07, 400).astype(np.float32)
+    unseen = rng.gamma(2.0, 0.07, 200).astype(np.float32)
+    forget64, unseen64 = forget.astype(np.float64), unseen.astype(np.float64)
+    got = metrics.membership_inference(forget, unseen)
+    self.assertEqual(got, metrics.membership_inference(forget64, unseen64))
+    self.assertEqual(got, reference_mia(forget64, unseen64))
+    self.assertNotEqual(got, reference_mia(forget, unseen))
+
   def test_order_and_shuffle_matter(self):
     # The exact-match test above would be weak if the score ignored which
     # forget losses are kept or the order within a class (StratifiedShuffleSplit

@@ -10,7 +10,7 @@ from absl.testing import parameterized
 from mufax import convert
 from mufax import models
 from mufax import torch_resnet
-from mufax import train
+from mufax import losses
 
 
 def randomize_batchnorm(net: torch.nn.Module, seed: int) -> None:
@@ -63,7 +63,7 @@ class TorchEquivalenceTest(parameterized.TestCase):
     # The logits differ from each other, so the check above is not vacuous.
     self.assertGreater(float(theirs.std()), 1e-2)
 
-    our_losses = train.per_sample_loss(ours, jnp.asarray(labels), loss)
+    our_losses = losses.per_sample_loss(ours, jnp.asarray(labels), loss)
     if loss == 'softmax':
       their_losses = torch.nn.functional.cross_entropy(
           theirs, torch.from_numpy(labels), reduction='none')
