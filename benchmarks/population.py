@@ -36,7 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mufax import engine
 from mufax import input_pipeline
+from mufax import losses as losses_lib
 from mufax import models
 
 _MEMBERS = flags.DEFINE_list('members', ['1', '2', '4', '8'],
@@ -62,13 +64,11 @@ def make_step(model, tx):
   def step(params, batch_stats, opt_state, images, labels):
 
     def loss_fn(params):
-      logits, updates = model.apply(
-          {'params': params, 'batch_stats': batch_stats},
-          input_pipeline.to_float(images), train=True,
-          mutable=['batch_stats'])
-      losses = optax.softmax_cross_entropy_with_integer_labels(
-          logits.astype(jnp.float32), labels)
-      return losses.mean(), updates['batch_stats']
+      logits, new_stats = engine.apply_model(
+          model, params, batch_stats, input_pipeline.to_float(images),
+          train=True)
+      return (losses_lib.per_sample_loss(logits, labels, 'softmax').mean(),
+              new_stats)
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         params)

@@ -48,7 +48,9 @@ from torch import nn
 import torch.nn.functional as F
 
 from mufax import conv
+from mufax import engine
 from mufax import input_pipeline
+from mufax import losses as losses_lib
 from mufax import models
 from mufax import torch_resnet
 
@@ -151,12 +153,10 @@ def mufax_steps(images: np.ndarray, labels: np.ndarray,
       images = input_pipeline.augment(images, jax.random.fold_in(rng, step))
 
     def loss_fn(params):
-      logits, updates = model.apply(
-          {'params': params, 'batch_stats': batch_stats}, images, train=True,
-          mutable=['batch_stats'])
-      losses = optax.softmax_cross_entropy_with_integer_labels(
-          logits.astype(jnp.float32), labels)
-      return losses.mean(), updates['batch_stats']
+      logits, new_stats = engine.apply_model(model, params, batch_stats,
+                                             images, train=True)
+      return (losses_lib.per_sample_loss(logits, labels, 'softmax').mean(),
+              new_stats)
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         params)
