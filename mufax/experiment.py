@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from mufax import engine as engine_lib
+from mufax import evaluation
 from mufax import input_pipeline
 from mufax import losses as losses_lib
 from mufax import metrics
@@ -37,7 +38,7 @@ from mufax.evaluators import confidence
 MODELS = {'resnet18': models.ResNet18, 'resnet_tiny': models.ResNetTiny}
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # What each from-scratch model trains on.
-TRAIN_SPLIT = {'original': 'train', 'retrain': 'retain'}
+TRAIN_SPLIT = {'original': 'train', 'retrain': 'retain', 'oracle': 'retain'}
 # `config.methods=all`, in the order of the paper's tables.
 ALL_METHODS = ('original', 'retrain', 'finetune', 'cf_k', 'neggrad', 'unsir',
                'scrub', 'advanced_neggrad')
@@ -101,6 +102,8 @@ def recipe(config: ml_collections.ConfigDict, kind: str) -> train.Recipe:
   """Protocol §4's recipe of `kind` for the dataset, with the config's
   overrides."""
   family = tasks.task_of(config.data.dataset).family
+  # The oracle is a second retraining, with retraining's recipe.
+  kind = 'retrain' if kind == 'oracle' else kind
   values = dict(recipes.RECIPES[family][kind])
   values.update({k: v for k, v in config[kind].items() if v is not None})
   r = train.Recipe.from_config(values)
@@ -115,7 +118,10 @@ def seeds_of(config, kind: str = 'method') -> tuple[int, ...]:
   (config.seed) when every member unlearns from one shared original."""
   if kind == 'original' and config.population.shared_original:
     return (config.seed,)
-  return tuple(config.seed + k for k in range(config.population.size))
+  n = config.population.size
+  # The oracle is retraining with seeds no other population uses.
+  first = config.seed + (n if kind == 'oracle' else 0)
+  return tuple(first + k for k in range(n))
 
 
 def checkpoint_dir(config, workdir: str, kind: str,
@@ -172,6 +178,9 @@ def evaluate_model(variables, *, engine: engine_lib.Engine, task: Task,
     if 'attribute_accuracies' in record:
       record['attribute_accuracies'] = dict(zip(
           task.label_names, record['attribute_accuracies']))
+    record['retain_accuracy'] = losses_lib.accuracies(
+        results['retain']['logits'][k], task.splits['retain']['label'],
+        task.loss)['accuracy']
     forget, unseen = results['forget']['loss'][k], results['unseen']['loss'][k]
     mia = metrics.membership_inference(forget, unseen)
     record.update(mia=mia, forgetting_score=metrics.forgetting_score(mia),
@@ -207,8 +216,11 @@ def mean_record(records: list[dict]) -> dict:
 def method_names(config) -> list[str]:
   """`config.methods` as a list; `all` expands to the paper's table."""
   names = []
+  # With seeds, `all` adds the oracle that F is read against.
+  every = (ALL_METHODS[:2] + ('oracle',) + ALL_METHODS[2:]
+           if config.population.size > 1 else ALL_METHODS)
   for name in (m.strip() for m in config.methods.split(',')):
-    for n in (ALL_METHODS if name == 'all' else (name,) if name else ()):
+    for n in (every if name == 'all' else (name,) if name else ()):
       if n not in names:
         names.append(n)
   known = list(dict.fromkeys(ALL_METHODS + tuple(unlearning.METHODS)))
@@ -336,6 +348,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       records.append(record)
       save_losses(workdir, row.name, losses)
       write_results(workdir, records, config)
+  extended = evaluation.evaluate(workdir, records,
+                                 task.splits['forget']['identity'])
+  for record in records:
+    if record['method'] in extended:
+      record['evaluation'] = extended[record['method']]['scalars']
+  write_results(workdir, records, config, extended)
   write_plots(workdir, records, config)
   return records
 
@@ -379,7 +397,8 @@ def previous_records(workdir: str, config) -> dict[str, dict]:
                                          f'{r["method"]}.npz'))}
 
 
-def write_results(workdir: str, records: list[dict], config) -> None:
+def write_results(workdir: str, records: list[dict], config,
+                  extended=None) -> None:
   os.makedirs(workdir, exist_ok=True)
   devices = f'{jax.device_count()} x {jax.devices()[0].device_kind}'
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
@@ -391,6 +410,9 @@ def write_results(workdir: str, records: list[dict], config) -> None:
             f'{format_table(records)}\n')
     if any(r.get('published') for r in records):
       f.write(f'\n"paper" columns: {published.SOURCE}\n')
+    if extended:
+      f.write('\n## Against retraining (docs/evaluation.md)\n\n'
+              f'{evaluation.format_table(extended)}\n')
 
 
 def write_plots(workdir: str, records: list[dict], config) -> None:

@@ -1,6 +1,7 @@
 """The runner: a config in, results.json, results.md and losses out."""
 
 import importlib
+import csv
 import json
 import os
 import subprocess
@@ -81,6 +82,18 @@ class RunTest(absltest.TestCase):
                                   losses['forget'] < np.log(2))
     with open(os.path.join(workdir, 'results.md')) as f:
       self.assertIn('| neggrad |', f.read())
+    # The extended evaluation against the retrained population.
+    evaluation = saved['records'][2]['evaluation']
+    self.assertEqual(evaluation['F_N'], 2)
+    for column in ('F', 'lira_accuracy', 'lira_auc', 'F_identity',
+                   'relative_seconds'):
+      self.assertIn(column, evaluation)
+    self.assertNotIn('F', saved['records'][1]['evaluation'])  # retrain
+    with open(os.path.join(workdir, 'identities', 'neggrad.csv')) as f:
+      self.assertEqual(next(csv.reader(f)),
+                       ['identity', 'images', 'epsilon', 'attack_accuracy'])
+    with open(os.path.join(workdir, 'results.md')) as f:
+      self.assertIn('Against retraining', f.read())
     for plot in ('loss_histograms.png', 'accuracy_vs_forgetting.png'):
       with Image.open(os.path.join(workdir, plot)) as image:
         self.assertEqual(image.format, 'PNG')

@@ -16,5 +16,10 @@ class Retrain(core.Method):
   def run(self, ctx, original):
     del original
     if ctx.train_from_scratch is None:
-      raise ValueError('retrain needs a context that can train models.')
-    yield ctx.train_from_scratch('retrain')
+      raise ValueError(f'{self.name} needs a context that can train models.')
+    yield ctx.train_from_scratch(self.name)
+
+
+# A second retrained population with its own seeds: the forget score F that
+# retraining itself reaches against `retrain` (docs/evaluation.md §3).
+core.register('oracle')(Retrain)

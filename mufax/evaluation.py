@@ -1,0 +1,99 @@
+"""The extended evaluation of a finished table (docs/evaluation.md).
+
+Reads what the runner wrote for each row (its record and
+`losses/<row>.npz`), scores every row against the retrained population with
+every registered evaluator (`mufax/evaluators`), and writes the per-person
+tables to `identities/<row>.csv`. It never touches models: anything here can
+be recomputed from the workdir.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from mufax import evaluators
+
+SPLITS = ('forget', 'retain', 'test', 'unseen')
+REFERENCE_ROWS = ('retrain', 'oracle', 'original')
+
+
+def population(workdir: str,
+               record: Mapping) -> evaluators.Population | None:
+  """A row's population from its record and its saved arrays; None for a
+  row saved without φ (by an earlier version)."""
+  path = os.path.join(workdir, 'losses', f'{record["method"]}.npz')
+  with np.load(path) as arrays:
+    phi = {s: arrays[f'phi_{s}'] for s in SPLITS if f'phi_{s}' in arrays}
+    losses = {s: arrays[s] for s in SPLITS if s in arrays}
+  if not phi:
+    return None
+  members = record.get('members') or [record]
+  models = len(next(iter(phi.values())))
+  if len(members) != models:
+    raise ValueError(f'{path}: {models} models, but the record of '
+                     f'{record["method"]} has {len(members)}.')
+  # The cost is the row's, all members trained at once.
+  cost = {'seconds': record['wall_seconds'], 'flops': record['flops']}
+  return evaluators.Population(
+      name=record['method'], phi=phi, losses=losses,
+      records=[{'test_accuracy': m['accuracy'],
+                'retain_accuracy': m['retain_accuracy'], 'mia': m['mia'],
+                **cost} for m in members])
+
+
+def evaluate(workdir: str, records: Sequence[Mapping],
+             forget_identities: np.ndarray) -> dict[str, evaluators.Result]:
+  """Every row's extended evaluation, by row name; {} when the table has no
+  `retrain` or `original` row to compare with."""
+  rows = {r['method']: population(workdir, r) for r in records}
+  rows = {name: row for name, row in rows.items() if row is not None}
+  if not all(name in rows for name in ('retrain', 'original')):
+    return {}
+  refs = evaluators.References(
+      retrain=rows['retrain'], oracle=rows.get('oracle'),
+      original=rows['original'], forget_identities=forget_identities)
+  results = {name: evaluators.evaluate(row, refs)
+             for name, row in rows.items()}
+  for name, result in results.items():
+    for table, lines in result['tables'].items():
+      write_csv(os.path.join(workdir, table, f'{name}.csv'), lines)
+  return results
+
+
+def write_csv(path: str, lines: Sequence[Mapping]) -> None:
+  if not lines:
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(lines[0]))
+    writer.writeheader()
+    writer.writerows(lines)
+
+
+def format_table(results: Mapping[str, evaluators.Result]) -> str:
+  """The scalars of every row as a Markdown table: a per-seed column as
+  mean ± its 95% half width, other columns as they are."""
+  columns = []
+  for result in results.values():
+    for key in result['scalars']:
+      if not key.endswith('_ci95') and key not in columns:
+        columns.append(key)
+  lines = ['| row | ' + ' | '.join(columns) + ' |',
+           '|' + '---|' * (len(columns) + 1)]
+  for name, result in results.items():
+    scalars = result['scalars']
+    cells = []
+    for key in columns:
+      value, half = scalars.get(key), scalars.get(f'{key}_ci95')
+      if value is None:
+        cells.append('')
+      elif half is None or not np.isfinite(half):
+        cells.append(f'{value:.4g}')
+      else:
+        cells.append(f'{value:.4g} ± {half:.2g}')
+    lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
