@@ -63,6 +63,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Device memory a population may use, in GiB; 0: what the device reports
   # (on CPU, the host's available memory shared by its devices).
   config.population.device_memory_gb = 0.0
+  # Members one program call updates; 0: all at once, except on a single CPU
+  # device, where members run one by one (faster there: BENCHMARKS.md §2).
+  config.population.members_per_call = 0
   # JAX's persistent compilation cache; empty: <workdir>/jax_cache.
   config.compilation_cache_dir = ''
 

@@ -245,6 +245,10 @@ def check_config(config) -> list[str]:
   if not config.population.size >= 1:
     raise ConfigError(f'config.population.size={config.population.size} '
                       'must be at least 1.')
+  if not config.population.members_per_call >= 0:
+    raise ConfigError('config.population.members_per_call='
+                      f'{config.population.members_per_call} must be at least '
+                      '0 (0: the device\'s default).')
   u = config.unlearn
   for field in ('lr', 'noise_lr', 'temperature'):
     if u[field] is not None and not u[field] > 0:
@@ -280,6 +284,7 @@ def make_engine(config, task: Task) -> engine_lib.Engine:
       make_model(config, task.num_outputs), loss=task.loss,
       splits=task.splits, image_size=config.data.image_size or None,
       log_every_s=config.log_every_s,
+      members_per_call=config.population.members_per_call or None,
       memory_limit=int(limit * 2**30) if limit else
       engine_lib.device_memory())
 
@@ -368,7 +373,8 @@ def comparable_config(config: dict) -> dict:
   config = json.loads(json.dumps(config, default=str))
   for key in ('methods', 'log_every_s', 'compilation_cache_dir'):
     config.pop(key, None)
-  config.get('population', {}).pop('device_memory_gb', None)
+  for key in ('device_memory_gb', 'members_per_call'):
+    config.get('population', {}).pop(key, None)
   return config
 
 

@@ -1,0 +1,11 @@
+"""The MUFAC table (paper splits) with 64 seeds per row and the extended
+evaluation (docs/evaluation.md): an accelerator job. On a CPU it starts,
+prints its mesh and memory plan, and trains far too slowly to finish."""
+
+from configs import mufac_all
+
+
+def get_config():
+  config = mufac_all.get_config()
+  config.population.size = 64
+  return config
