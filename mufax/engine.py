@@ -695,7 +695,7 @@ class Engine:
   def chunks(self, population: int) -> list[tuple[int, int]]:
     """(first, stop) of the groups of members that one program call
     updates: the whole population, or `members_per_call` at a time."""
-    size = self.members_per_call or population
+    size = min(self.members_per_call or population, population)
     if population % size:
       size = math.gcd(population, size)
     return [(k, k + size) for k in range(0, population, size)]

@@ -74,26 +74,71 @@ def write_csv(path: str, lines: Sequence[Mapping]) -> None:
     writer.writerows(lines)
 
 
+# Columns first in the table, in this order; any other column an evaluator
+# writes follows them.
+LEADING_COLUMNS = ('F', 'final_score', 'lira_accuracy', 'lira_auc',
+                   'F_identity', 'lira_accuracy_identity', 'tpr_at_1%_fpr',
+                   'tpr_at_0.1%_fpr', 'retain_accuracy', 'relative_seconds',
+                   'relative_flops')
+# Per-model values the runner's own table already shows, with their
+# intervals, and F's N, which goes into F's heading.
+SHOWN_ELSEWHERE = ('test_accuracy', 'mia', 'seconds', 'flops', 'F_N')
+
+
+def columns(results: Mapping[str, evaluators.Result]) -> list[str]:
+  """The table's columns: LEADING_COLUMNS first, then the rest as found."""
+  found = []
+  for result in results.values():
+    for key in result['scalars']:
+      if (not key.endswith(evaluators.CI_SUFFIX) and key not in found
+          and key not in SHOWN_ELSEWHERE):
+        found.append(key)
+  return ([c for c in LEADING_COLUMNS if c in found]
+          + [c for c in found if c not in LEADING_COLUMNS])
+
+
 def format_table(results: Mapping[str, evaluators.Result]) -> str:
   """The scalars of every row as a Markdown table: a per-seed column as
   mean ± its 95% half width, other columns as they are."""
-  columns = []
-  for result in results.values():
-    for key in result['scalars']:
-      if not key.endswith('_ci95') and key not in columns:
-        columns.append(key)
-  lines = ['| row | ' + ' | '.join(columns) + ' |',
-           '|' + '---|' * (len(columns) + 1)]
+  keys = columns(results)
+  head = []
+  for key in keys:
+    if key == 'F':
+      n = next((r['scalars']['F_N'] for r in results.values()
+                if 'F_N' in r['scalars']), None)
+      oracle = results.get('oracle', {}).get('scalars', {}).get('F')
+      key = f'F (N = {n:.0f}' + (f', oracle {oracle:.3f})'
+                                 if oracle is not None else ')')
+    head.append(key)
+  lines = ['| row | ' + ' | '.join(head) + ' |',
+           '|' + '---|' * (len(keys) + 1)]
   for name, result in results.items():
     scalars = result['scalars']
-    cells = []
-    for key in columns:
-      value, half = scalars.get(key), scalars.get(f'{key}_ci95')
-      if value is None:
-        cells.append('')
-      elif half is None or not np.isfinite(half):
-        cells.append(f'{value:.4g}')
-      else:
-        cells.append(f'{value:.4g} ± {half:.2g}')
+    cells = [format_value(scalars.get(key),
+                          scalars.get(key + evaluators.CI_SUFFIX))
+             for key in keys]
     lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def format_value(value: float | None, half_width: float | None) -> str:
+  """`value`, with `± half_width` where there is a finite one."""
+  if value is None:
+    return ''
+  if half_width is None or not np.isfinite(half_width):
+    return f'{value:.4g}'
+  return f'{value:.4g} ± {half_width:.2g}'
+
+
+def format_least_forgotten(results: Mapping[str, evaluators.Result]) -> str:
+  """Per row, the people whose forget images are told apart from retraining
+  most easily (largest ε), as Markdown lines."""
+  lines = []
+  for name, result in results.items():
+    people = result['tables'].get('least_forgotten')
+    if people:
+      lines.append(f'- **{name}**: ' + ', '.join(
+          f'{p["identity"]} (ε {p["epsilon"]:.2f}, attack '
+          f'{p["attack_accuracy"]:.2f}, {p["images"]} images)'
+          for p in people))
   return '\n'.join(lines)

@@ -7,6 +7,7 @@ the unlearning methods, evaluation, and the results on disk.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -34,6 +35,7 @@ from mufax.unlearning import cf_k
 from mufax.data import prepare
 from mufax.data import splits as splits_lib
 from mufax.evaluators import confidence
+from mufax.evaluators import intervals
 
 MODELS = {'resnet18': models.ResNet18, 'resnet_tiny': models.ResNetTiny}
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -46,7 +48,9 @@ ALL_METHODS = ('original', 'retrain', 'finetune', 'cf_k', 'neggrad', 'unsir',
 LOSS_SPLITS = ('forget', 'unseen', 'test', 'retain')
 # What a run writes to its workdir, besides checkpoints.
 RESULT_FILES = ('results.json', 'results.md', 'losses',
-                'loss_histograms.png', 'accuracy_vs_forgetting.png')
+                'loss_histograms.png', 'accuracy_vs_forgetting.png',
+                'epsilon_distributions.png', 'accuracy_vs_forget_score.png',
+                'examples', 'identities', 'least_forgotten')
 
 
 class ConfigError(ValueError):
@@ -358,8 +362,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   for record in records:
     if record['method'] in extended:
       record['evaluation'] = extended[record['method']]['scalars']
+      record['evaluation_per_seed'] = extended[record['method']]['per_seed']
   write_results(workdir, records, config, extended)
-  write_plots(workdir, records, config)
+  write_plots(workdir, records, config, extended)
   return records
 
 
@@ -416,12 +421,33 @@ def write_results(workdir: str, records: list[dict], config,
             f'{format_table(records)}\n')
     if any(r.get('published') for r in records):
       f.write(f'\n"paper" columns: {published.SOURCE}\n')
+    if any(r.get('members') for r in records):
+      f.write('\nA row of several models shows their mean ± the half width '
+              'of its 95% t-interval.\n')
     if extended:
       f.write('\n## Against retraining (docs/evaluation.md)\n\n'
-              f'{evaluation.format_table(extended)}\n')
+              f'{evaluation.format_table(extended)}\n\n{EXTENDED_LEGEND}\n')
+      least = evaluation.format_least_forgotten(extended)
+      if least:
+        f.write('\n### The five least-forgotten people of each row\n\n'
+                'Largest ε first (identity, ε, per-person attack accuracy, '
+                f'forget images); all of them in identities/<row>.csv.\n\n'
+                f'{least}\n')
 
 
-def write_plots(workdir: str, records: list[dict], config) -> None:
+EXTENDED_LEGEND = (
+    'F: forget score from per-example ε (1: indistinguishable from '
+    'retraining; the oracle, a second retraining, is its ceiling); '
+    'final_score: F × retain and test accuracy relative to retraining; '
+    'lira_*: likelihood-ratio attack telling the row\'s models from '
+    'retrained ones (accuracy 0.5, AUC 0.5: no better than chance), per '
+    'example and per identity; tpr_at_*_fpr: loss attack, forget against '
+    'unseen, at a low false-positive rate; relative_*: cost over '
+    'retraining\'s.')
+
+
+def write_plots(workdir: str, records: list[dict], config,
+                extended=None) -> None:
   losses = {}
   for r in records:
     with np.load(os.path.join(workdir, 'losses', f'{r["method"]}.npz')) as z:
@@ -436,6 +462,13 @@ def write_plots(workdir: str, records: list[dict], config) -> None:
   plots.plot_accuracy_vs_forgetting(
       records, os.path.join(workdir, 'accuracy_vs_forgetting.png'),
       lam=config.lam, published=paper or None, title=title)
+  if extended:
+    plots.plot_epsilon_distributions(
+        {name: r['tables'] for name, r in extended.items()},
+        os.path.join(workdir, 'epsilon_distributions.png'), title=title)
+    plots.plot_accuracy_vs_forget_score(
+        {name: r['scalars'] for name, r in extended.items()},
+        os.path.join(workdir, 'accuracy_vs_forget_score.png'), title=title)
 
 
 def format_table(records: list[dict]) -> str:
@@ -454,15 +487,27 @@ def format_table(records: list[dict]) -> str:
     head += ['paper acc'] + (['paper top-2'] if has('top2_accuracy') else []) + [
         'paper forgetting', 'paper NoMUS']
   fmt = lambda v: '' if v is None else f'{v:.4f}'
+
+  def measured(r, *path):
+    # A population's mean ± the 95% t half width over its members.
+    get = lambda d: functools.reduce(
+        lambda d, k: None if d is None else d.get(k), path, d)
+    if get(r) is None:
+      return ''
+    if not r.get('members'):
+      return fmt(get(r))
+    mean, half = intervals.t_interval([get(m) for m in r['members']])
+    return f'{mean:.4f} ± {half:.4f}'
+
   rows = []
   for r in records:
     paper = r.get('published') or {}
-    row = ([r['method'], fmt(r['accuracy'])]
-           + ([fmt(r.get('top2_accuracy'))] if has('top2_accuracy') else [])
-           + [fmt(r['attribute_accuracies'][a]) for a in attributes]
-           + [fmt(r['mia']), fmt(r['forgetting_score']), fmt(r['nomus']),
-              fmt(r['loss_auc']), str(r['update_steps']),
-              f'{r["wall_seconds"]:.1f}'])
+    row = ([r['method'], measured(r, 'accuracy')]
+           + ([measured(r, 'top2_accuracy')] if has('top2_accuracy') else [])
+           + [measured(r, 'attribute_accuracies', a) for a in attributes]
+           + [measured(r, key) for key in ('mia', 'forgetting_score', 'nomus',
+                                            'loss_auc')]
+           + [str(r['update_steps']), f'{r["wall_seconds"]:.1f}'])
     if has_paper:
       row += ([fmt(paper.get('accuracy'))]
               + ([fmt(paper.get('top2_accuracy'))] if has('top2_accuracy')

@@ -163,3 +163,87 @@ def plot_accuracy_vs_forgetting(records: Sequence[Mapping], path: str, *,
   if title:
     fig.suptitle(title)
   _save(fig, path)
+
+
+def plot_epsilon_distributions(tables: Mapping[str, Mapping[str, Sequence]],
+                               path: str, *, reference: str = 'oracle',
+                               title: str = '') -> None:
+  """Per row, histograms of per-example and per-identity ε beside the
+  `reference` row's (docs/evaluation.md §3, §5).
+
+  Args:
+    tables: row -> {'examples': [{'epsilon': ...}], 'identities': [...]}, the
+      evaluators' tables; rows without either are left out.
+    path: where to write the PNG.
+    reference: the row drawn in every panel for comparison (the oracle: how
+      a second retraining scores).
+    title: title of the figure.
+  """
+  levels = [level for level in ('examples', 'identities')
+            if any(t.get(level) for t in tables.values())]
+  rows = [name for name, t in tables.items()
+          if name != reference and any(t.get(level) for level in levels)]
+  if not rows:
+    return
+  eps = lambda name, level: np.array(
+      [line['epsilon'] for line in tables.get(name, {}).get(level) or ()],
+      dtype=np.float64)
+  fig = Figure(figsize=(4.0 * len(levels), 1.9 * len(rows) + 0.8),
+               layout='constrained')
+  axes = fig.subplots(len(rows), len(levels), squeeze=False, sharex='col')
+  for j, level in enumerate(levels):
+    everything = np.concatenate([eps(n, level) for n in rows + [reference]])
+    bins = np.linspace(0.0, max(1.0, float(everything.max(initial=0.0))),
+                       _BINS + 1)
+    for i, name in enumerate(rows):
+      ax = axes[i, j]
+      ax.hist(eps(name, level), bins=bins, color='tab:blue', alpha=0.6,
+              label=name)
+      if len(eps(reference, level)):
+        ax.hist(eps(reference, level), bins=bins, histtype='step',
+                color='black', label=reference)
+      ax.set_ylabel(name, fontsize=8)
+      ax.tick_params(labelsize=7)
+      if i == 0:
+        ax.set_title(f'ε per {level[:-1] if level == "examples" else "identity"}'
+                     ' (lower: closer to retraining)', fontsize=8)
+        ax.legend(fontsize=7)
+    axes[-1, j].set_xlabel('ε', fontsize=8)
+  if title:
+    fig.suptitle(title)
+  _save(fig, path)
+
+
+def plot_accuracy_vs_forget_score(scalars: Mapping[str, Mapping[str, float]],
+                                  path: str, *, title: str = '') -> None:
+  """Test accuracy (mean ± 95% interval over seeds) against the forget
+  score F, one point per row that has both.
+
+  Args:
+    scalars: row -> its evaluation scalars (`F`, `test_accuracy` and
+      `test_accuracy_ci95`).
+    path: where to write the PNG.
+    title: title of the figure.
+  """
+  points = {name: s for name, s in scalars.items()
+            if 'F' in s and 'test_accuracy' in s}
+  if not points:
+    return
+  fig = Figure(figsize=(7.0, 5.5), layout='constrained')
+  ax = fig.add_subplot()
+  for i, (name, s) in enumerate(points.items()):
+    half = s.get('test_accuracy_ci95', math.nan)
+    ax.errorbar(s['F'], s['test_accuracy'],
+                yerr=half if np.isfinite(half) else None, fmt='o',
+                capsize=3, color='black' if name == 'oracle' else 'tab:blue')
+    dx, dy = _LABEL_OFFSETS[i % len(_LABEL_OFFSETS)]
+    ax.annotate(name, (s['F'], s['test_accuracy']), xytext=(dx, dy),
+                textcoords='offset points', fontsize=7,
+                ha='left' if dx > 0 else 'right',
+                va='bottom' if dy > 0 else 'top')
+  ax.set_xlim(-0.02, 1.02)
+  ax.set_xlabel('forget score F against retraining  (higher is better)')
+  ax.set_ylabel('test accuracy, mean ± 95% interval  (higher is better)')
+  if title:
+    fig.suptitle(title)
+  _save(fig, path)

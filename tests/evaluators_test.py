@@ -363,7 +363,15 @@ class RegistryTest(parameterized.TestCase):
     self.assertNotIn('seed', result['per_seed'])
     self.assertNotIn('label', result['per_seed'])
     self.assertEqual(result['scalars']['F_N'], 4.0)
-    self.assertEqual(set(result['tables']), {'identities', 'least_forgotten'})
+    self.assertEqual(set(result['tables']),
+                     {'examples', 'identities', 'least_forgotten'})
+    examples = result['tables']['examples']
+    self.assertLen(examples, 30)
+    self.assertEqual([e['identity'] for e in examples],
+                     refs.forget_identities.tolist())
+    self.assertEqual([e['epsilon'] for e in examples],
+                     epsilon.epsilons(refs.oracle.phi['forget'],
+                                      refs.retrain.phi['forget']).tolist())
 
   def test_retrain_is_not_scored_against_itself(self):
     refs = synthetic_references(n_models=4)

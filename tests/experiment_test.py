@@ -36,22 +36,24 @@ class RunTest(absltest.TestCase):
     data_dir = self.create_tempdir().full_path
     workdir = self.create_tempdir().full_path
     config = tiny_config(data_dir)
-    config.methods = 'original,retrain,neggrad'
+    config.methods = 'original,retrain,oracle,neggrad'
     config.population.size = 2
     records = experiment.run(config, workdir)
 
     self.assertEqual([r['method'] for r in records],
-                     ['original', 'retrain', 'neggrad'])
+                     ['original', 'retrain', 'oracle', 'neggrad'])
     with open(os.path.join(workdir, 'results.json')) as f:
       saved = json.load(f)
     self.assertEqual(saved['config']['original']['epochs'], 2)
     for r in saved['records']:
+      # The oracle retrains with seeds of its own.
+      seeds = [44, 45] if r['method'] == 'oracle' else [42, 43]
       self.assertEqual((r['dataset'], r['task'], r['protocol'], r['seed'],
                         r['population'], r['seeds']),
-                       ('synthetic_faces/small', 'age', 'paper', 42, 2,
-                        [42, 43]))
+                       ('synthetic_faces/small', 'age', 'paper', seeds[0], 2,
+                        seeds))
       # Every member's record, and their means at the top level.
-      self.assertEqual([m['seed'] for m in r['members']], [42, 43])
+      self.assertEqual([m['seed'] for m in r['members']], seeds)
       for key in ('accuracy', 'top2_accuracy', 'mia', 'loss_auc'):
         for m in r['members']:
           self.assertBetween(m[key], 0, 1)
@@ -63,12 +65,12 @@ class RunTest(absltest.TestCase):
       self.assertGreater(r['wall_seconds'], 0)
       self.assertGreaterEqual(r['compile_seconds'], 0)
       self.assertIsNone(r['published'])
-    self.assertEqual(saved['records'][2]['config'],
+    self.assertEqual(saved['records'][3]['config'],
                      {'batch_size': 64, 'learning_rate': 0.001,
                       'epochs': 2, 'batch_norm': 'train', 'steps': 16})
     # 1000 train images in batches of 64: 16 steps an epoch; retain 600: 10;
     # NegGrad: 20 retain steps less the 4 where one batch is short.
-    self.assertEqual([r['update_steps'] for r in records], [32, 20, 16])
+    self.assertEqual([r['update_steps'] for r in records], [32, 20, 20, 16])
     losses = np.load(os.path.join(workdir, 'losses', 'neggrad.npz'))
     sizes = {'forget': 400, 'unseen': 400, 'test': 320, 'retain': 600}
     self.assertEqual({k: losses[k].shape for k in losses.files},
@@ -80,31 +82,52 @@ class RunTest(absltest.TestCase):
     # i.e. the loss -log p_y is below log 2.
     np.testing.assert_array_equal(losses['phi_forget'] > 0,
                                   losses['forget'] < np.log(2))
+    # The extended evaluation against the retrained population: the
+    # original (floor) and the oracle (ceiling) are scored like a method.
+    for r in saved['records']:
+      evaluation = r['evaluation']
+      columns = ('F', 'F_N', 'final_score', 'lira_accuracy', 'lira_auc',
+                 'F_identity', 'lira_accuracy_identity', 'tpr_at_1%_fpr',
+                 'tpr_at_0.1%_fpr', 'relative_seconds', 'relative_flops')
+      if r['method'] == 'retrain':
+        self.assertNotIn('F', evaluation)
+        self.assertAlmostEqual(evaluation['relative_seconds'], 1.0)
+        continue
+      for column in columns:
+        self.assertIn(column, evaluation, (r['method'], column))
+      self.assertEqual(evaluation['F_N'], 2)
+      self.assertBetween(evaluation['F'], 0, 1)
+      self.assertLen(r['evaluation_per_seed']['test_accuracy'], 2)
+      self.assertIn('test_accuracy_ci95', evaluation)
+      for table, header, lines in (
+          ('identities', ['identity', 'images', 'epsilon', 'attack_accuracy'],
+           None),
+          ('least_forgotten', ['identity', 'images', 'epsilon',
+                               'attack_accuracy'], 5),
+          ('examples', ['example', 'identity', 'epsilon'], 400)):
+        with open(os.path.join(workdir, table, f'{r["method"]}.csv')) as f:
+          rows = list(csv.reader(f))
+        self.assertEqual(rows[0], header)
+        if lines:
+          self.assertLen(rows, lines + 1)
     with open(os.path.join(workdir, 'results.md')) as f:
-      self.assertIn('| neggrad |', f.read())
-    # The extended evaluation against the retrained population.
-    evaluation = saved['records'][2]['evaluation']
-    self.assertEqual(evaluation['F_N'], 2)
-    for column in ('F', 'lira_accuracy', 'lira_auc', 'F_identity',
-                   'relative_seconds'):
-      self.assertIn(column, evaluation)
-    self.assertNotIn('F', saved['records'][1]['evaluation'])  # retrain
-    with open(os.path.join(workdir, 'identities', 'neggrad.csv')) as f:
-      self.assertEqual(next(csv.reader(f)),
-                       ['identity', 'images', 'epsilon', 'attack_accuracy'])
-    with open(os.path.join(workdir, 'results.md')) as f:
-      self.assertIn('Against retraining', f.read())
-    for plot in ('loss_histograms.png', 'accuracy_vs_forgetting.png'):
+      text = f.read()
+    for expected in ('| neggrad |', ' ± ', 'Against retraining',
+                     '| F (N = 2, oracle ', 'least-forgotten',
+                     '- **neggrad**: '):
+      self.assertIn(expected, text)
+    for plot in ('loss_histograms.png', 'accuracy_vs_forgetting.png',
+                 'epsilon_distributions.png', 'accuracy_vs_forget_score.png'):
       with Image.open(os.path.join(workdir, plot)) as image:
         self.assertEqual(image.format, 'PNG')
 
     # Asking for one more method keeps the finished rows and trains nothing
     # again.
-    config.methods = 'original,retrain,neggrad,finetune'
+    config.methods = 'original,retrain,oracle,neggrad,finetune'
     again = experiment.run(config, workdir)
-    self.assertEqual(again[:3], json.loads(json.dumps(records)))
-    self.assertEqual(again[3]['method'], 'finetune')
-    self.assertEqual(again[3]['config']['batch_norm'], 'eval')
+    self.assertEqual(again[:4], json.loads(json.dumps(records)))
+    self.assertEqual(again[4]['method'], 'finetune')
+    self.assertEqual(again[4]['config']['batch_norm'], 'eval')
 
     # Another setting invalidates the earlier rows, which are kept aside
     # rather than overwritten.
@@ -116,7 +139,7 @@ class RunTest(absltest.TestCase):
     self.assertNotAlmostEqual(changed['nomus'], records[0]['nomus'])
     [aside] = os.listdir(os.path.join(workdir, 'previous'))
     with open(os.path.join(workdir, 'previous', aside, 'results.json')) as f:
-      self.assertLen(json.load(f)['records'], 4)
+      self.assertLen(json.load(f)['records'], 5)
 
   def test_bad_config_values_are_refused(self):
     config = tiny_config(self.create_tempdir().full_path)

@@ -126,5 +126,41 @@ class AccuracyVsForgettingTest(parameterized.TestCase):
     self.assertFalse(os.path.exists(path))
 
 
+
+class EvaluationPlotsTest(absltest.TestCase):
+
+  def test_epsilon_distributions_one_panel_row_per_row(self):
+    rng = np.random.default_rng(0)
+    tables = {
+        name: {'examples': [{'epsilon': e} for e in rng.exponential(s, 40)],
+               'identities': [{'epsilon': e} for e in rng.exponential(s, 6)]}
+        for name, s in (('oracle', 0.3), ('original', 5.0), ('neggrad', 1.0),
+                        ('scrub', 0.5))}
+    tables['retrain'] = {}  # not scored against itself: no panel
+    path = os.path.join(self.create_tempdir().full_path, 'eps.png')
+    plots.plot_epsilon_distributions(tables, path)
+    width, height = _png_size(path)
+    # Two columns (per example, per identity), three rows (not the oracle's).
+    small = os.path.join(self.create_tempdir().full_path, 'one.png')
+    plots.plot_epsilon_distributions(
+        {'oracle': tables['oracle'], 'scrub': tables['scrub']}, small)
+    self.assertEqual(_png_size(small)[0], width)
+    self.assertGreater(height, _png_size(small)[1] * 2)
+
+  def test_epsilon_distributions_of_nothing_writes_nothing(self):
+    path = os.path.join(self.create_tempdir().full_path, 'eps.png')
+    plots.plot_epsilon_distributions({'retrain': {}}, path)
+    self.assertFalse(os.path.exists(path))
+
+  def test_accuracy_vs_forget_score(self):
+    path = os.path.join(self.create_tempdir().full_path, 'f.png')
+    plots.plot_accuracy_vs_forget_score(
+        {'oracle': {'F': 0.6, 'test_accuracy': 0.5,
+                    'test_accuracy_ci95': 0.02},
+         'original': {'F': 0.05, 'test_accuracy': 0.55,
+                      'test_accuracy_ci95': float('nan')},
+         'retrain': {'test_accuracy': 0.5}}, path)
+    self.assertEqual(_png_size(path), (840, 660))
+
 if __name__ == '__main__':
   absltest.main()

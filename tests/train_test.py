@@ -68,12 +68,19 @@ class PopulationTest(absltest.TestCase):
 
   def test_member_equals_the_single_model_of_its_seed(self):
     eng = make_engine(jax.devices()[:1])
-    population, _ = fit(eng, self.create_tempdir().full_path, (5, 6), SHORT)
     single, _ = fit(eng, self.create_tempdir().full_path, (6,), SHORT)
-    self.assertEqual(np.asarray(population.step).tolist(), [3, 3])
-    member, alone = engine.member(population.variables, 1), engine.member(
-        single.variables, 0)
-    assert_trees_close(self, member, alone, 1e-5)
+    alone = engine.member(single.variables, 0)
+    # All members in one vmapped program, and one by one (one CPU device's
+    # default).
+    for per_call in (2, 1):
+      population, history = fit(make_engine(jax.devices()[:1],
+                                            members_per_call=per_call),
+                                self.create_tempdir().full_path, (5, 6),
+                                SHORT)
+      self.assertEqual(np.asarray(population.step).tolist(), [3, 3])
+      self.assertGreater(history[0]['flops'], 0)
+      member = engine.member(population.variables, 1)
+      assert_trees_close(self, member, alone, 1e-5)
     # Members differ from each other: each has its own init and data order.
     moved(self, engine.member(population.variables, 0), member)
     fresh = engine.member(eng.init(engine.sgd(), (6,)).variables, 0)

@@ -18,6 +18,7 @@ from mufax.evaluators.base import References
 from mufax.evaluators.base import Result
 from mufax.evaluators.base import evaluate
 from mufax.evaluators.base import register
+from mufax.evaluators.intervals import SUFFIX as CI_SUFFIX
 
-__all__ = ['EVALUATORS', 'Population', 'References', 'Result', 'evaluate',
+__all__ = ['CI_SUFFIX', 'EVALUATORS', 'Population', 'References', 'Result', 'evaluate',
            'register']

@@ -180,17 +180,22 @@ def final_score(f: float, ra_u: float, ra_r: float, ta_u: float,
 
 @base.register('epsilon')
 def evaluate(row: base.Population, refs: base.References) -> base.Result:
-  """F of the row's forget φ against retraining (columns F, F_N: N) and the
-  final score where both populations have retain and test accuracies."""
+  """F of the row's forget φ against retraining (columns F, F_N: N), the
+  final score where both populations have retain and test accuracies, and
+  table `examples`: each forget example's ε."""
   pools = base.forget_pools(row, refs)
   if pools is None:
     return base.result()
   u, r = pools
-  f = forget_score(epsilons(u, r), u.shape[0])
+  eps = epsilons(u, r)
+  f = forget_score(eps, u.shape[0])
   scalars = {'F': f, 'F_N': u.shape[0]}
   columns = [base.record_column(p, key) for p in (row, refs.retrain)
              for key in ('retain_accuracy', 'test_accuracy')]
   if all(c is not None for c in columns):
     ra_u, ta_u, ra_r, ta_r = (c.mean() for c in columns)
     scalars['final_score'] = final_score(f, ra_u, ra_r, ta_u, ta_r)
-  return base.result(scalars)
+  examples = [{'example': i, 'identity': identity.item(), 'epsilon': float(e)}
+              for i, (identity, e) in enumerate(zip(refs.forget_identities,
+                                                    eps))]
+  return base.result(scalars, tables={'examples': examples})
