@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 import numpy as np
 
 from mufax import metrics
+from mufax.evaluators import epsilon
 
 _DPI = 120
 _BINS = 40
@@ -192,22 +193,32 @@ def plot_epsilon_distributions(tables: Mapping[str, Mapping[str, Sequence]],
                layout='constrained')
   axes = fig.subplots(len(rows), len(levels), squeeze=False, sharex='col')
   for j, level in enumerate(levels):
+    # Capped ε (told apart by a perfect rule) would stretch the axis far
+    # beyond the rest: they are counted in the panel's corner instead.
     everything = np.concatenate([eps(n, level) for n in rows + [reference]])
-    bins = np.linspace(0.0, max(1.0, float(everything.max(initial=0.0))),
+    finite = everything[everything < epsilon.EPSILON_CAP]
+    bins = np.linspace(0.0, max(1.0, float(finite.max(initial=0.0))),
                        _BINS + 1)
     for i, name in enumerate(rows):
       ax = axes[i, j]
-      ax.hist(eps(name, level), bins=bins, color='tab:blue', alpha=0.6,
-              label=name)
-      if len(eps(reference, level)):
-        ax.hist(eps(reference, level), bins=bins, histtype='step',
-                color='black', label=reference)
+      mine, theirs = eps(name, level), eps(reference, level)
+      ax.hist(mine[mine < epsilon.EPSILON_CAP], bins=bins, color='tab:blue',
+              alpha=0.6, label=name)
+      if len(theirs):
+        ax.hist(theirs[theirs < epsilon.EPSILON_CAP], bins=bins,
+                histtype='step', color='black', label=reference)
+      capped = np.sum(mine >= epsilon.EPSILON_CAP)
+      ax.text(0.98, 0.95, f'ε = {epsilon.EPSILON_CAP:g} (cap): {capped} of '
+              f'{len(mine)}' + (f'; {reference} '
+                                f'{np.sum(theirs >= epsilon.EPSILON_CAP)}'
+                                if len(theirs) else ''),
+              transform=ax.transAxes, ha='right', va='top', fontsize=7)
       ax.set_ylabel(name, fontsize=8)
       ax.tick_params(labelsize=7)
       if i == 0:
         ax.set_title(f'ε per {level[:-1] if level == "examples" else "identity"}'
                      ' (lower: closer to retraining)', fontsize=8)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc='center right')
     axes[-1, j].set_xlabel('ε', fontsize=8)
   if title:
     fig.suptitle(title)
