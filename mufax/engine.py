@@ -383,7 +383,11 @@ class Compiler:
     self.seconds = 0.0
     self._cache: dict[tuple, Compiled] = {}
 
-  def __call__(self, jitted, *args, members: int = 1) -> Compiled:
+  def __call__(self, jitted, *args, members: int = 1,
+               resident_bytes: int = 0) -> Compiled:
+    """The compiled `jitted` for `args`, checked against the memory limit
+    together with `resident_bytes` that other members hold meanwhile; the
+    `members` are all of them."""
     leaves, tree = jax.tree.flatten(args)
     key = (jitted, tree, tuple(
         (np.shape(x), str(getattr(x, 'dtype', None) or np.result_type(x)),
@@ -402,7 +406,8 @@ class Compiler:
           + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
       self._cache[key] = Compiled(executable, seconds,
                                   float(cost.get('flops', 0.0)), needed)
-      check_memory(needed, members, self.memory_limit, self.fixed_bytes)
+      check_memory(needed + resident_bytes, members, self.memory_limit,
+                   self.fixed_bytes)
     return self._cache[key]
 
 
@@ -726,10 +731,14 @@ class Engine:
       name = label and (f'{label} members {first + 1}-{stop}/{population}'
                         if stop - first > 1 else
                         f'{label} member {stop}/{population}')
+      # The other members' state (and teacher) stays in memory meanwhile.
+      others = (tree_bytes(state) + (tree_bytes(teacher) if teacher is not None
+                                     else 0)) * (population - stop + first
+                                                 ) // population
       state_part, result = self._run(
           plan.members(first, stop), updates, part(state), part(rngs),
           sources=sources, teacher=None if teacher is None else part(teacher),
-          label=name)
+          label=name, members_in_all=population, resident_bytes=others)
       states.append(state_part)
       results.append(result)
     mesh = self.mesh(population)
@@ -745,7 +754,8 @@ class Engine:
 
   def _run(self, plan: Plan, updates: Mapping[str, Update], state: TrainState,
            rngs: jax.Array, *, sources: Mapping[str, str] | None = None,
-           teacher=None, label: str = '') -> tuple[TrainState, RunResult]:
+           teacher=None, label: str = '', members_in_all: int | None = None,
+           resident_bytes: int = 0) -> tuple[TrainState, RunResult]:
     population = members(state)
     mesh = self.mesh(population)
     data = self.resident(mesh)
@@ -785,7 +795,8 @@ class Engine:
                   else (np.int32(i), np.int32(i + count)))
         compiled = self.compiler(program, state, buffers[group], data,
                                  arrays[group], rngs, teacher, *bounds,
-                                 members=population)
+                                 members=members_in_all or population,
+                                 resident_bytes=resident_bytes)
         flops += compiled.flops * count
         began = time.perf_counter()
         if self.step_by_step:

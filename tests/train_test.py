@@ -201,8 +201,9 @@ class FitTest(absltest.TestCase):
         r'population of 8 .* at most 3 member\(s\) fit; set '
         r'config.population.size=3'):
       fit(eng, self.create_tempdir().full_path, tuple(range(8)))
-    # A population that fits its state, but not the step's temporaries.
-    eng = make_engine(jax.devices()[:1],
+    # A population that fits its state, but not the temporaries of a step
+    # of both members at once (one at a time, they would fit).
+    eng = make_engine(jax.devices()[:1], members_per_call=2,
                       memory_limit=data_bytes + 4 * state_bytes)
     with self.assertRaisesRegex(engine.PopulationTooLarge,
                                 'population of 2 '):
