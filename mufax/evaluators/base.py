@@ -9,7 +9,8 @@ reference populations and returns a `Result`:
 
 All three keys are always there (empty when unused). Every per-seed column
 also appears among the scalars as its mean, with the half width of its 95%
-Student-t interval as `<column>_ci95` (docs/evaluation.md §1), so a runner
+Student-t interval as `<column>_ci95` where there are two seeds or more
+(docs/evaluation.md §1), so a runner
 can put all scalars in its table without knowing which evaluator made them. An
 evaluator that does not apply to a row (missing inputs, too few models)
 leaves its columns out rather than writing NaN.

@@ -36,8 +36,12 @@ def t_interval(values) -> tuple[float, float]:
 
 
 def summarise(per_seed: Mapping[str, Sequence[float]]) -> dict[str, float]:
-  """{column: mean, column + '_ci95': half width} for every per-seed column."""
+  """{column: mean, column + '_ci95': half width} for every per-seed column;
+  a column of one value has its mean only (no interval, rather than NaN in
+  results.json)."""
   out = {}
   for column, values in per_seed.items():
-    out[column], out[column + SUFFIX] = t_interval(values)
+    out[column], half = t_interval(values)
+    if len(values) > 1:
+      out[column + SUFFIX] = half
   return out
