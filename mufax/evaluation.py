@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mufax import evaluators
+from mufax import files
 
 SPLITS = ('forget', 'retain', 'test', 'unseen')
 REFERENCE_ROWS = ('retrain', 'oracle', 'original')
@@ -67,8 +68,7 @@ def evaluate(workdir: str, records: Sequence[Mapping],
 def write_csv(path: str, lines: Sequence[Mapping]) -> None:
   if not lines:
     return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'w', newline='') as f:
+  with files.replaced_atomically(path, newline='') as f:
     writer = csv.DictWriter(f, fieldnames=list(lines[0]))
     writer.writeheader()
     writer.writerows(lines)

@@ -21,6 +21,7 @@ import numpy as np
 
 from mufax import engine as engine_lib
 from mufax import evaluation
+from mufax import files
 from mufax import input_pipeline
 from mufax import losses as losses_lib
 from mufax import metrics
@@ -369,8 +370,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
 
 
 def save_losses(workdir: str, name: str, losses: dict[str, np.ndarray]):
-  os.makedirs(os.path.join(workdir, 'losses'), exist_ok=True)
-  np.savez(os.path.join(workdir, 'losses', f'{name}.npz'), **losses)
+  with files.replaced_atomically(
+      os.path.join(workdir, 'losses', f'{name}.npz'), 'wb') as f:
+    np.savez(f, **losses)
 
 
 def comparable_config(config: dict) -> dict:
@@ -412,10 +414,10 @@ def write_results(workdir: str, records: list[dict], config,
                   extended=None) -> None:
   os.makedirs(workdir, exist_ok=True)
   devices = f'{jax.device_count()} x {jax.devices()[0].device_kind}'
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+  with files.replaced_atomically(os.path.join(workdir, 'results.json')) as f:
     json.dump({'records': records, 'config': config.to_dict(),
                'devices': devices}, f, indent=1, default=str)
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+  with files.replaced_atomically(os.path.join(workdir, 'results.md')) as f:
     f.write(f'{config.data.dataset}, protocol {config.protocol}, seed '
             f'{config.seed}, λ = {config.lam}, {devices}\n\n'
             f'{format_table(records)}\n')

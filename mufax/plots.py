@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import math
-import os
 
 from matplotlib.figure import Figure
 import numpy as np
 
+from mufax import files
 from mufax import metrics
 from mufax.evaluators import epsilon
 
@@ -27,10 +27,8 @@ _NOMUS_LEVELS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 def _save(fig: Figure, path: str) -> None:
   """Writes `fig` as a PNG to `path`, creating its folder if needed."""
-  folder = os.path.dirname(path)
-  if folder:
-    os.makedirs(folder, exist_ok=True)
-  fig.savefig(path, dpi=_DPI, format='png')
+  with files.replaced_atomically(path, 'wb') as f:
+    fig.savefig(f, dpi=_DPI, format='png')
 
 
 def _log1p_finite(losses) -> np.ndarray:
