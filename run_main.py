@@ -21,6 +21,7 @@ from ml_collections import config_flags
 
 from mufax import engine
 from mufax import experiment
+from mufax import files
 from mufax.data.errors import DataError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -44,8 +45,8 @@ def main(argv):
       'results', f'{name}-{argument}' if argument else name)
   try:
     records = experiment.run(_CONFIG.value, workdir)
-  except (DataError, experiment.ConfigError,
-          engine.PopulationTooLarge) as e:
+  except (DataError, experiment.ConfigError, engine.PopulationTooLarge,
+          files.WorkdirInUse) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
   print(experiment.format_table(records))

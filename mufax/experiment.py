@@ -299,8 +299,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
 
   Rows already in `workdir/results.json` from a run with the same settings
   are kept rather than computed again, so a stopped run loses nothing.
+
+  Raises:
+    files.WorkdirInUse: while another run holds `workdir`.
   """
   names = check_config(config)
+  with files.exclusive(workdir):
+    return _run(config, workdir, names)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str,
+         names: list[str]) -> list[dict]:
   enable_compilation_cache(config, workdir)
   task = load_task(config)
   engine = make_engine(config, task)

@@ -7,6 +7,7 @@ or a person) must never take a half-written file for a finished one.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 
@@ -34,3 +35,36 @@ def replaced_atomically(path: str, mode: str = 'w', **kwargs):
     if os.path.exists(temporary):
       os.unlink(temporary)
     raise
+
+
+class WorkdirInUse(RuntimeError):
+  """Another run holds the workdir."""
+
+
+@contextlib.contextmanager
+def exclusive(workdir: str):
+  """Holds `workdir` for this process while the block runs.
+
+  The lock is the kernel's (flock on `<workdir>/.lock`), so it goes with the
+  process however that ends, SIGKILL included: a killed run never locks out
+  the command that resumes it.
+
+  Raises:
+    WorkdirInUse: naming the process that holds it.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  fd = os.open(os.path.join(workdir, '.lock'), os.O_RDWR | os.O_CREAT, 0o666)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = os.read(fd, 64).decode(errors='replace').strip() or 'unknown'
+    os.close(fd)
+    raise WorkdirInUse(
+        f'{workdir} is in use by another run (process {holder}): wait for it '
+        'to end, or give this run another --workdir.') from None
+  try:
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    yield
+  finally:
+    os.close(fd)

@@ -1,6 +1,9 @@
 """Result files are replaced whole or not at all."""
 
 import os
+import signal
+import subprocess
+import sys
 
 from absl.testing import absltest
 
@@ -36,6 +39,40 @@ class ReplacedAtomicallyTest(absltest.TestCase):
       self.assertEqual(f.read(), 'whole')
     self.assertEqual(os.listdir(folder), ['results.json'])
 
+
+
+class ExclusiveTest(absltest.TestCase):
+
+  def test_a_second_run_is_refused_naming_the_first(self):
+    workdir = self.create_tempdir().full_path
+    with files.exclusive(workdir):
+      with self.assertRaisesRegex(files.WorkdirInUse,
+                                  f'in use by another run \\(process '
+                                  f'{os.getpid()}\\)'):
+        with files.exclusive(workdir):
+          pass
+    with files.exclusive(workdir):  # free again once the first has ended
+      pass
+
+  def test_a_killed_run_leaves_the_workdir_free(self):
+    workdir = self.create_tempdir().full_path
+    holder = subprocess.Popen(
+        [sys.executable, '-c',
+         'import sys, time; from mufax import files\n'
+         f'with files.exclusive({workdir!r}):\n'
+         '  print("held", flush=True); time.sleep(600)'],
+        stdout=subprocess.PIPE, text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+      self.assertEqual(holder.stdout.readline().strip(), 'held')
+      with self.assertRaisesRegex(files.WorkdirInUse, str(holder.pid)):
+        with files.exclusive(workdir):
+          pass
+    finally:
+      holder.send_signal(signal.SIGKILL)
+      holder.wait()
+    with files.exclusive(workdir):
+      pass
 
 if __name__ == '__main__':
   absltest.main()
