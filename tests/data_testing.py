@@ -9,7 +9,8 @@ import tensorflow_datasets as tfds
 from mufax import input_pipeline
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures')
-# `.ci/run` points this at ../shared/data; tests that need it skip without it.
+# `.ci/run` points this at ../shared/data; tests that need it skip where it is
+# not set, and fail where it is set but wrong (CI asked for them).
 SHARED_DATA_ENV = 'MUFAX_SHARED_DATA'
 
 
@@ -21,7 +22,9 @@ def shared_data(subdir: str) -> str:
         'to run the tests on real data.')
   path = os.path.join(root, subdir)
   if not os.path.isdir(path):
-    raise unittest.SkipTest(f'{path} (from ${SHARED_DATA_ENV}) does not exist.')
+    raise AssertionError(f'{path} (from ${SHARED_DATA_ENV}) does not exist: '
+                         f'point {SHARED_DATA_ENV} at the reference data '
+                         'folder, or unset it to skip the real-data tests.')
   return path
 
 
