@@ -2,9 +2,9 @@
 
 Reads what the runner wrote for each row (its record and
 `losses/<row>.npz`), scores every row against the retrained population with
-every registered evaluator (`mufax/evaluators`), and writes the per-person
-tables to `identities/<row>.csv`. It never touches models: anything here can
-be recomputed from the workdir.
+every registered evaluator (`mufax/evaluators`), and writes each evaluator
+table to `<table>/<row>.csv` (e.g. `identities/<row>.csv`). It never touches
+models: anything here can be recomputed from the workdir.
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ import numpy as np
 from mufax import evaluators
 from mufax import files
 
-SPLITS = ('forget', 'retain', 'test', 'unseen')
-REFERENCE_ROWS = ('retrain', 'oracle', 'original')
-
 
 def population(workdir: str,
                record: Mapping) -> evaluators.Population | None:
   """A row's population from its record and its saved arrays; None for a
   row saved without φ (by an earlier version)."""
   path = os.path.join(workdir, 'losses', f'{record["method"]}.npz')
+  # The runner saves each split's losses under its name and φ under
+  # `phi_<split>`.
   with np.load(path) as arrays:
-    phi = {s: arrays[f'phi_{s}'] for s in SPLITS if f'phi_{s}' in arrays}
-    losses = {s: arrays[s] for s in SPLITS if s in arrays}
+    phi = {k.removeprefix('phi_'): arrays[k] for k in arrays.files
+           if k.startswith('phi_')}
+    losses = {k: arrays[k] for k in arrays.files if not k.startswith('phi_')}
   if not phi:
     return None
   members = record.get('members') or [record]

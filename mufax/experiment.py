@@ -421,7 +421,6 @@ def previous_records(workdir: str, config) -> dict[str, dict]:
 
 def write_results(workdir: str, records: list[dict], config,
                   extended=None) -> None:
-  os.makedirs(workdir, exist_ok=True)
   devices = f'{jax.device_count()} x {jax.devices()[0].device_kind}'
   with files.replaced_atomically(os.path.join(workdir, 'results.json')) as f:
     json.dump({'records': records, 'config': config.to_dict(),
