@@ -2,8 +2,11 @@ r"""Runs the benchmark as a config describes it.
 
   python run_main.py --config=configs/quickstart.py [--workdir=DIR]
   python run_main.py --config=configs/mufac_scrub.py \
-      --config.data.manual_dir=../shared/data/mufac --config.unlearn.lr=0.002
+      --config.data.manual_dir=../shared/data/mufac --config.unlearn.scrub.lr=0.002
   python run_main.py --config=configs/mucac_all.py:gender ...
+  python run_main.py --config=configs/quickstart.py \
+      --config.plugins=examples/label_smoothing.py \
+      --config.methods=original,label_smoothing
 
 Prepares the config's dataset if needed, trains (or reuses) the original
 model, runs the methods the config names, evaluates every model and writes
@@ -22,6 +25,7 @@ from ml_collections import config_flags
 from mufax import engine
 from mufax import experiment
 from mufax import files
+from mufax import plugins
 from mufax.data.errors import DataError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -54,4 +58,11 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Before the config is made, so that config.unlearn has the plugins'
+  # sections for the command line to set.
+  try:
+    plugins.load(plugins.from_command_line(sys.argv))
+  except plugins.PluginError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
   app.run(main)

@@ -3,6 +3,8 @@
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from mufax import unlearning
+
 
 def recipe_overrides() -> ml_collections.ConfigDict:
   """Fields of a training recipe; None keeps protocol §4's value for the dataset."""
@@ -33,24 +35,23 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.num_filters = 0  # 0: the model's own width (64 for ResNet-18)
   config.model.dtype = 'float32'  # bfloat16: mixed precision
 
-  # Comma-separated rows of the table: original, retrain, finetune, cf_k,
-  # neggrad, advanced_neggrad, unsir (two rows), scrub; or all.
+  # Comma-separated rows of the table: original, retrain, and any registered
+  # method (finetune, cf_k, neggrad, advanced_neggrad, unsir (two rows),
+  # scrub, ...); or all (the paper's table), or extended (every method).
   config.methods = 'original'
   # protocol §4 recipes of the models trained from scratch.
   config.original = recipe_overrides()
   config.retrain = recipe_overrides()
-  # protocol §5 hyperparameters of the unlearning methods. None keeps the
-  # reference's value for the method and dataset.
-  config.unlearn = ml_collections.ConfigDict({
-      'lr': placeholder(float),
-      'epochs': placeholder(int),
-      'batch_size': 64,
-      'k': 3,  # CF-k: how many of the last parameter groups train
-      'temperature': 4.0,  # SCRUB's distillation temperature
-      'noise_steps': 5,  # UNSIR: Adam steps that shape each noise batch
-      'noise_lr': 0.01,
-      'repair_epochs': placeholder(int),  # UNSIR stage 2 (reference: 1)
-  })
+  # Each method's hyperparameters (docs/protocol.md §5), as the method
+  # declares them: config.unlearn.<method>.<name>, e.g.
+  # --config.unlearn.scrub.lr=0.002. None keeps the reference's value for
+  # the task.
+  config.unlearn = unlearning.hparams_config()
+  # Comma-separated .py files or module names that register more methods
+  # or evaluators (README "Your own method"). On the command line they are
+  # loaded before the config is made, so their hyperparameters are in
+  # config.unlearn too.
+  config.plugins = ''
 
   # Every row is a population of models, one per seed config.seed + k
   # (docs/evaluation.md); the engine trains them at once, in one program.

@@ -1,4 +1,4 @@
-"""MUFAC (paper splits): CF-3 (protocol §5; k is config.unlearn.k) beside the original."""
+"""MUFAC (paper splits): CF-3 (protocol §5; k is config.unlearn.cf_k.k) beside the original."""
 
 from configs import default
 

@@ -32,7 +32,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -182,13 +182,19 @@ class Forward:
 class Inputs:
   """The step's augmented batches and what objectives need besides the model.
 
-  `teacher` is the original model in eval mode (None unless the run passes
-  one); `loss(logits, labels)` is the task's mean loss.
+  `teachers` are models in eval mode, by name ('original': the model being
+  unlearnt), that the run passes; `loss(logits, labels)` is the task's mean
+  loss.
   """
   batches: Mapping[str, tuple[jax.Array, jax.Array]]
   rng: jax.Array
   loss_kind: str
-  teacher: Callable[[jax.Array], jax.Array] | None = None
+  teachers: Mapping[str, Callable[[jax.Array], jax.Array]] = (
+      dataclasses.field(default_factory=dict))
+
+  def teacher(self, images: jax.Array, name: str = 'original') -> jax.Array:
+    """The logits of teacher `name` on `images`."""
+    return self.teachers[name](images)
 
   def images(self, name: str) -> jax.Array:
     return self.batches[name][0]
@@ -237,6 +243,59 @@ def sgd(learning_rate: float = 0.0,
 
 # The update of every state made by `sgd(...)`.
 SGD = sgd()
+
+
+def adam(learning_rate: float = 0.0) -> optax.GradientTransformation:
+  """torch.optim.Adam with its defaults, the learning rate in the state as
+  in `sgd`."""
+  return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+
+
+ADAM = adam()
+
+
+class GradientScale(NamedTuple):
+  scale: Any
+
+
+def scale_gradients() -> optax.GradientTransformation:
+  """Multiplies each gradient element by the state's `scale` (ones when
+  made): a method puts its element mask or scales (SalUn, MSG) there."""
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(jnp.multiply, updates, state.scale), state
+
+  return optax.GradientTransformation(
+      lambda params: GradientScale(jax.tree.map(jnp.ones_like, params)),
+      update)
+
+
+def gradient_sum(power: int) -> optax.GradientTransformation:
+  """Adds each step's gradients (power 1) or their squares (power 2) to the
+  state and updates nothing: a pass that measures gradients."""
+
+  def update(updates, state, params=None):
+    del params
+    return (jax.tree.map(jnp.zeros_like, updates),
+            jax.tree.map(lambda s, g: s + g ** power, state, updates))
+
+  return optax.GradientTransformation(
+      lambda params: jax.tree.map(jnp.zeros_like, params), update)
+
+
+# The update transform, and what makes a state at a given learning rate and
+# momentum, of each kind of stage an unlearning method may run.
+OPTIMIZERS = {
+    'sgd': (SGD, sgd),
+    'adam': (ADAM, lambda lr, momentum: adam(lr)),
+    'scaled_sgd': (optax.chain(scale_gradients(), SGD),
+                   lambda lr, momentum: optax.chain(scale_gradients(),
+                                                    sgd(lr, momentum))),
+    'gradient_sum': (gradient_sum(1), lambda lr, momentum: gradient_sum(1)),
+    'squared_gradient_sum': (gradient_sum(2),
+                             lambda lr, momentum: gradient_sum(2)),
+}
 
 
 def with_learning_rate(state: TrainState, learning_rate: float) -> TrainState:
@@ -624,14 +683,14 @@ class Engine:
   # --------------------------------------------------------------- steps
 
   def _update_program(self, update: Update, mesh: Mesh) -> Callable:
-    """The jitted loop `(state, measured, data, group arrays, rngs, teacher,
+    """The jitted loop `(state, measured, data, group arrays, rngs, teachers,
     start, stop) -> (state, measured)` over steps start..stop of a group."""
     key = ('update', update, mesh.devices.shape, self.step_by_step)
     if key in self._programs:
       return self._programs[key]
     model, loss, image_size = self.model, self.loss, self.image_size
 
-    def member_step(state, data, indices, rng, teacher):
+    def member_step(state, data, indices, rng, teachers):
       rng = jax.random.fold_in(rng, state.step)
       batches = {}
       for i, name in enumerate(sorted(indices)):
@@ -642,12 +701,10 @@ class Engine:
         batches[name] = (input_pipeline.augment(images,
                                                 jax.random.fold_in(rng, i)),
                          batch['label'])
-      teacher_fn = None
-      if teacher is not None:
-        teacher_fn = Forward(model, teacher['params'], teacher['batch_stats'],
-                             train=False)
       inputs = Inputs(batches, jax.random.fold_in(rng, len(indices)), loss,
-                      teacher_fn)
+                      {name: Forward(model, v['params'], v['batch_stats'],
+                                     train=False)
+                       for name, v in (teachers or {}).items()})
       forward = Forward(model, state.params, state.batch_stats,
                         train=update.bn_train)
       objective = update.objective
@@ -674,21 +731,21 @@ class Engine:
     population_step = jax.vmap(member_step, in_axes=(0, None, 0, 0, 0),
                                spmd_axis_name=MODEL_AXIS)
 
-    def body(i, carry, data, arrays, rngs, teacher):
+    def body(i, carry, data, arrays, rngs, teachers):
       state, measured = carry
       indices = {name: a[i] for name, a in arrays.items()}
-      state, values = population_step(state, data, indices, rngs, teacher)
+      state, values = population_step(state, data, indices, rngs, teachers)
       return state, jax.tree.map(lambda buf, v: buf.at[i].set(v), measured,
                                  values)
 
-    def run(state, measured, data, arrays, rngs, teacher, start, stop):
+    def run(state, measured, data, arrays, rngs, teachers, start, stop):
       return jax.lax.fori_loop(
           start, stop,
-          lambda i, carry: body(i, carry, data, arrays, rngs, teacher),
+          lambda i, carry: body(i, carry, data, arrays, rngs, teachers),
           (state, measured))
 
-    def run_one(state, measured, data, arrays, rngs, teacher, i):
-      return body(i, (state, measured), data, arrays, rngs, teacher)
+    def run_one(state, measured, data, arrays, rngs, teachers, i):
+      return body(i, (state, measured), data, arrays, rngs, teachers)
 
     shardings = dict(donate_argnums=(0, 1),
                      out_shardings=(member_sharding(mesh),
@@ -707,15 +764,15 @@ class Engine:
 
   def run(self, plan: Plan, updates: Mapping[str, Update], state: TrainState,
           rngs: jax.Array, *, sources: Mapping[str, str] | None = None,
-          teacher=None, label: str = '') -> tuple[TrainState, RunResult]:
+          teachers=None, label: str = '') -> tuple[TrainState, RunResult]:
     """Runs every step of `plan` on the population `state`.
 
     The plan's batches name splits, or roles that `sources` maps to splits
     (e.g. {'train': 'retain'} to train from scratch on retain). `rngs` holds
     one key per member; step s of member m draws from
     `fold_in(rngs[m], state.step[m])`, so a resumed run draws as an
-    uninterrupted one. `teacher` (a population's variables, or None) is
-    passed to objectives in eval mode.
+    uninterrupted one. `teachers` ({name: a population's variables}, or None)
+    are passed to objectives, in eval mode.
 
     Members are independent: a population run in groups (`chunks`) gives
     what it gives run at once, within float32 rounding.
@@ -724,20 +781,22 @@ class Engine:
     chunks = self.chunks(population)
     if len(chunks) == 1:
       return self._run(plan, updates, state, rngs, sources=sources,
-                       teacher=teacher, label=label)
+                       teachers=teachers, label=label)
     states, results = [], []
     for first, stop in chunks:
-      part = lambda tree: jax.tree.map(lambda x: x[first:stop], tree)
+      # A one-member tree (a shared original) serves every group whole.
+      part = lambda tree: tree if members(tree) == 1 else jax.tree.map(
+          lambda x: x[first:stop], tree)
       name = label and (f'{label} members {first + 1}-{stop}/{population}'
                         if stop - first > 1 else
                         f'{label} member {stop}/{population}')
-      # The other members' state (and teacher) stays in memory meanwhile.
-      others = (tree_bytes(state) + (tree_bytes(teacher) if teacher is not None
-                                     else 0)) * (population - stop + first
-                                                 ) // population
+      # The other members' state (and teachers) stay in memory meanwhile.
+      others = (tree_bytes(state) + tree_bytes(teachers or {})) * (
+          population - stop + first) // population
       state_part, result = self._run(
           plan.members(first, stop), updates, part(state), part(rngs),
-          sources=sources, teacher=None if teacher is None else part(teacher),
+          sources=sources,
+          teachers=teachers and {n: part(t) for n, t in teachers.items()},
           label=name, members_in_all=population, resident_bytes=others)
       states.append(state_part)
       results.append(result)
@@ -754,7 +813,7 @@ class Engine:
 
   def _run(self, plan: Plan, updates: Mapping[str, Update], state: TrainState,
            rngs: jax.Array, *, sources: Mapping[str, str] | None = None,
-           teacher=None, label: str = '', members_in_all: int | None = None,
+           teachers=None, label: str = '', members_in_all: int | None = None,
            resident_bytes: int = 0) -> tuple[TrainState, RunResult]:
     population = members(state)
     mesh = self.mesh(population)
@@ -767,8 +826,9 @@ class Engine:
                       for role, a in group_arrays.items()}
               for group, group_arrays in arrays.items()}
     rngs = jax.device_put(rngs, member_sharding(mesh))
-    if teacher is not None:
-      teacher = self.put_members(teacher, population)
+    if teachers is not None:
+      teachers = {name: self.put_members(t, population)
+                  for name, t in teachers.items()}
     buffers = {}
     compile_before = self.compiler.seconds
     flops = 0.0
@@ -782,7 +842,7 @@ class Engine:
       if group not in buffers:
         shapes = jax.eval_shape(
             population_step, state, data,
-            {n: a[0] for n, a in arrays[group].items()}, rngs, teacher)[1]
+            {n: a[0] for n, a in arrays[group].items()}, rngs, teachers)[1]
         length = next(iter(arrays[group].values())).shape[0]
         buffers[group] = jax.device_put(
             jax.tree.map(lambda s: np.zeros((length,) + s.shape, s.dtype),
@@ -794,7 +854,7 @@ class Engine:
         bounds = ((np.int32(i),) if self.step_by_step
                   else (np.int32(i), np.int32(i + count)))
         compiled = self.compiler(program, state, buffers[group], data,
-                                 arrays[group], rngs, teacher, *bounds,
+                                 arrays[group], rngs, teachers, *bounds,
                                  members=members_in_all or population,
                                  resident_bytes=resident_bytes)
         flops += compiled.flops * count
@@ -804,11 +864,11 @@ class Engine:
           # each gathering its batch on the device, and waits once.
           for j in range(i, i + count):
             state, buffers[group] = compiled.call(
-                state, buffers[group], data, arrays[group], rngs, teacher,
+                state, buffers[group], data, arrays[group], rngs, teachers,
                 np.int32(j))
         else:
           state, buffers[group] = compiled.call(
-              state, buffers[group], data, arrays[group], rngs, teacher,
+              state, buffers[group], data, arrays[group], rngs, teachers,
               *bounds)
         jax.block_until_ready(state.step)
         running += time.perf_counter() - began

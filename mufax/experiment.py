@@ -31,8 +31,8 @@ from mufax import published
 from mufax import recipes
 from mufax import tasks
 from mufax import train
+from mufax import plugins
 from mufax import unlearning
-from mufax.unlearning import cf_k
 from mufax.data import prepare
 from mufax.data import splits as splits_lib
 from mufax.evaluators import confidence
@@ -42,9 +42,6 @@ MODELS = {'resnet18': models.ResNet18, 'resnet_tiny': models.ResNetTiny}
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # What each from-scratch model trains on.
 TRAIN_SPLIT = {'original': 'train', 'retrain': 'retain', 'oracle': 'retain'}
-# `config.methods=all`, in the order of the paper's tables.
-ALL_METHODS = ('original', 'retrain', 'finetune', 'cf_k', 'neggrad', 'unsir',
-               'scrub', 'advanced_neggrad')
 # Splits whose per-sample losses are kept, and that the MIA compares.
 LOSS_SPLITS = ('forget', 'unseen', 'test', 'retain')
 # What a run writes to its workdir, besides checkpoints.
@@ -219,26 +216,46 @@ def mean_record(records: list[dict]) -> dict:
 
 
 def method_names(config) -> list[str]:
-  """`config.methods` as a list; `all` expands to the paper's table."""
+  """`config.methods` as a list: `all` is the paper's table, `extended`
+  that and every other registered method."""
+  paper = unlearning.PAPER_TABLE
+  if config.population.size > 1:
+    # With seeds, the oracle that F is read against.
+    paper = paper[:2] + ('oracle',) + paper[2:]
+  groups = {'all': paper,
+            'extended': paper + tuple(n for n in unlearning.METHODS
+                                      if n not in paper + ('oracle',))}
   names = []
-  # With seeds, `all` adds the oracle that F is read against.
-  every = (ALL_METHODS[:2] + ('oracle',) + ALL_METHODS[2:]
-           if config.population.size > 1 else ALL_METHODS)
   for name in (m.strip() for m in config.methods.split(',')):
-    for n in (every if name == 'all' else (name,) if name else ()):
+    for n in groups.get(name, (name,) if name else ()):
       if n not in names:
         names.append(n)
-  known = list(dict.fromkeys(ALL_METHODS + tuple(unlearning.METHODS)))
+  known = ['original', *unlearning.METHODS]
   unknown = [n for n in names if n not in known]
   if unknown or not names:
     raise ConfigError(
         f'config.methods={config.methods!r}: unknown method(s) {unknown}; '
-        f'choose from {", ".join(known)}, or all.')
+        f'choose from {", ".join(known)}, all or extended'
+        + ('' if config.plugins else
+           ' (a method of your own: config.plugins)') + '.')
   return names
 
 
+def method_context(ctx: unlearning.Context, config,
+                   name: str) -> unlearning.Context:
+  """`ctx` with the method's own `config.unlearn.<name>` section."""
+  section = config.unlearn.get(name)
+  return dataclasses.replace(
+      ctx, hparams=section.to_dict() if section is not None else {})
+
+
 def check_config(config) -> list[str]:
-  """Refuses values that cannot work; returns the methods to run."""
+  """Loads the plugins, refuses values that cannot work, and returns the
+  methods to run."""
+  try:
+    plugins.load(config.plugins)
+  except plugins.PluginError as e:
+    raise ConfigError(str(e)) from e
   try:
     metrics.nomus_lambda(config.lam)
   except ValueError as e:
@@ -254,20 +271,12 @@ def check_config(config) -> list[str]:
     raise ConfigError('config.population.members_per_call='
                       f'{config.population.members_per_call} must be at least '
                       '0 (0: the device\'s default).')
-  u = config.unlearn
-  for field in ('lr', 'noise_lr', 'temperature'):
-    if u[field] is not None and not u[field] > 0:
-      raise ConfigError(f'config.unlearn.{field}={u[field]} must be > 0.')
-  for field in ('epochs', 'repair_epochs', 'noise_steps', 'batch_size'):
-    least = 0 if field == 'noise_steps' else 1
-    if u[field] is not None and u[field] < least:
-      raise ConfigError(f'config.unlearn.{field}={u[field]} must be at least '
-                        f'{least}.')
-  if u.k is not None:
-    try:
-      cf_k.trainable_groups(u.k)
-    except ValueError as e:
-      raise ConfigError(f'config.unlearn.k: {e}') from e
+  for name, section in config.unlearn.items():
+    if name in unlearning.METHODS:
+      try:
+        unlearning.METHODS[name].Hparams.from_overrides(section.to_dict())
+      except ValueError as e:
+        raise ConfigError(f'config.unlearn.{name}.{e}') from e
   return method_names(config)
 
 
@@ -325,7 +334,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
   ctx = unlearning.Context(
       loss=task.loss, task=task.family, protocol=config.protocol,
       data=task.splits, engine=engine, seeds=seeds,
-      hparams=config.unlearn.to_dict(), train_from_scratch=from_scratch)
+      num_outputs=task.num_outputs, train_from_scratch=from_scratch)
   done = previous_records(workdir, config)
   records, original = [], []
 
@@ -338,7 +347,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
 
   for name in names:
     method = unlearning.METHODS.get(name)
-    rows = method.row_names(ctx) if method else [name]
+    method_ctx = method_context(ctx, config, name)
+    rows = method.row_names(method_ctx) if method else [name]
     if all(r in done for r in rows):
       engine_lib.log(f'{name}: reusing the results of an earlier run in '
                      f'{workdir}')
@@ -348,7 +358,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
       produced = iter([original_model()])
     else:
       produced = method.run(
-          ctx, original_model().variables if method.needs_original else None)
+          method_ctx,
+          original_model().variables if method.needs_original else None)
     for row in produced:
       row_seeds = seeds_of(config, row.name)
       record, losses = evaluate_model(row.variables, engine=engine, task=task,
@@ -387,7 +398,7 @@ def save_losses(workdir: str, name: str, losses: dict[str, np.ndarray]):
 def comparable_config(config: dict) -> dict:
   """The settings that decide a row's result (not which rows to run)."""
   config = json.loads(json.dumps(config, default=str))
-  for key in ('methods', 'log_every_s', 'compilation_cache_dir'):
+  for key in ('methods', 'log_every_s', 'compilation_cache_dir', 'plugins'):
     config.pop(key, None)
   for key in ('device_memory_gb', 'members_per_call'):
     config.get('population', {}).pop(key, None)

@@ -14,6 +14,7 @@ from PIL import Image
 from configs import quickstart
 from mufax import experiment
 from mufax import published
+from mufax import unlearning
 from mufax.data.errors import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,7 +67,7 @@ class RunTest(absltest.TestCase):
       self.assertGreaterEqual(r['compile_seconds'], 0)
       self.assertIsNone(r['published'])
     self.assertEqual(saved['records'][3]['config'],
-                     {'batch_size': 64, 'learning_rate': 0.001,
+                     {'batch_size': 64, 'lr': 0.001, 'learning_rate': 0.001,
                       'epochs': 2, 'batch_norm': 'train', 'steps': 16})
     # 1000 train images in batches of 64: 16 steps an epoch; retain 600: 10;
     # NegGrad: 20 retain steps less the 4 where one batch is short.
@@ -151,8 +152,9 @@ class RunTest(absltest.TestCase):
       with self.assertRaisesRegex(experiment.ConfigError, message):
         experiment.run(bad, self.create_tempdir().full_path)
     bad = config.copy_and_resolve_references()
-    bad.unlearn.k = 9
-    with self.assertRaisesRegex(experiment.ConfigError, 'k=9'):
+    bad.unlearn.cf_k.k = 9
+    with self.assertRaisesRegex(experiment.ConfigError,
+                                r'config\.unlearn\.cf_k\.k=9: must be at most 6'):
       experiment.run(bad, self.create_tempdir().full_path)
 
   def test_command_line_error_exits_non_zero_with_a_message(self):
@@ -245,7 +247,7 @@ class ConfigsTest(absltest.TestCase):
     self.assertEqual(
         experiment.method_names(importlib.import_module(
             'configs.mufac_all').get_config()),
-        list(experiment.ALL_METHODS))
+        list(unlearning.PAPER_TABLE))
 
   def test_mucac_task_argument(self):
     scrub = importlib.import_module('configs.mucac_scrub')

@@ -77,7 +77,8 @@ def tiny_context(devices=None, *, protocol='paper', task='mufac',
       engine=engine.Engine(model, loss=loss, splits=data, log_every_s=1e9,
                            devices=devices,
                            members_per_call=members_per_call),
-      seeds=tuple(seeds), hparams={'batch_size': BATCH, **hparams})
+      seeds=tuple(seeds), num_outputs=3 if sigmoid else 8,
+      hparams={'batch_size': BATCH, **hparams})
   return ctx, originals(model, len(seeds))
 
 
@@ -206,7 +207,7 @@ class MethodBehaviourTest(parameterized.TestCase):
     teacher = engine.Forward(ctx.engine.model, variables['params'],
                              variables['batch_stats'], train=False)
     inputs = engine.Inputs({'retain': (images, labels)}, jax.random.key(0),
-                           'softmax', teacher)
+                           'softmax', {'original': teacher})
     student = engine.Forward(ctx.engine.model, variables['params'],
                              variables['batch_stats'], train=True)
     prepared = distillation.prepare(student, inputs)

@@ -1,18 +1,40 @@
-"""Unlearning methods (protocol §5), one module each, registered by name.
+"""Unlearning methods (docs/protocol.md §5), one module each, registered by
+name.
 
 `METHODS[name].run(context, original_variables)` yields the method's rows
-(`core.Row`); `unsir` yields two, one per stage.
+(`core.Row`); `unsir` yields two, one per stage. Every module of this
+package is imported here, so a new method is one new file that registers
+itself; one outside the package is a plugin (`mufax.plugins`).
 """
 
-from mufax.unlearning import advanced_neggrad  # noqa: F401 (registers)
-from mufax.unlearning import cf_k  # noqa: F401
-from mufax.unlearning import finetune  # noqa: F401
-from mufax.unlearning import neggrad  # noqa: F401
-from mufax.unlearning import retrain  # noqa: F401
-from mufax.unlearning import scrub  # noqa: F401
-from mufax.unlearning import unsir  # noqa: F401
+import importlib
+import pkgutil
+
+import ml_collections
+
 from mufax.unlearning.core import Context
+from mufax.unlearning.core import Hparams
 from mufax.unlearning.core import METHODS
 from mufax.unlearning.core import Row
+from mufax.unlearning.core import hparam
+from mufax.unlearning.core import register
 
-__all__ = ['Context', 'METHODS', 'Row']
+for _module in pkgutil.iter_modules(__path__):
+  importlib.import_module(f'{__name__}.{_module.name}')
+
+# `config.methods=all`: the paper's table, in its order.
+PAPER_TABLE = ('original', 'retrain', 'finetune', 'cf_k', 'neggrad', 'unsir',
+               'scrub', 'advanced_neggrad')
+
+
+def hparams_config() -> ml_collections.ConfigDict:
+  """`config.unlearn`: a section per registered method that has
+  hyperparameters, holding their defaults."""
+  return ml_collections.ConfigDict({
+      name: method.Hparams.config_fields()
+      for name, method in METHODS.items()
+      if method.Hparams.config_fields()})
+
+
+__all__ = ['Context', 'Hparams', 'METHODS', 'PAPER_TABLE', 'Row', 'hparam',
+           'hparams_config', 'register']

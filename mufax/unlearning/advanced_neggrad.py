@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mufax import engine
 from mufax.unlearning import core
+from mufax.unlearning import finetune
 from mufax.unlearning import loops
 
 
@@ -24,9 +25,11 @@ def retain_minus_forget(forward, inputs, prepared):
 
 @core.register('advanced_neggrad')
 class AdvancedNegGrad(core.SGDMethod):
+  Hparams = finetune.FineTuneHparams
 
   def stages(self, ctx):
-    epochs, bs = ctx.hp('epochs', 2), ctx.batch_size
+    hp = self.hparams(ctx)
+    epochs, bs = hp.epochs, hp.batch_size
     sizes = ctx.size('retain'), ctx.size('forget')
     if ctx.task == 'mufac':
       plan = loops.retain_driven(*sizes, bs, epochs=epochs, seed=ctx.seed,
@@ -36,5 +39,5 @@ class AdvancedNegGrad(core.SGDMethod):
     return [core.Stage(
         row='advanced_neggrad', plan=core.step_plan('step', plan),
         objectives={'step': engine.Objective(retain_minus_forget)},
-        learning_rate=ctx.hp('lr', 0.001), bn_train=ctx.bn_train(),
+        learning_rate=hp.lr, bn_train=ctx.bn_train(),
         epochs=epochs)]

@@ -8,6 +8,8 @@ update in frozen blocks too, as in the reference.
 
 from __future__ import annotations
 
+import dataclasses
+
 from mufax import models
 from mufax.unlearning import core
 from mufax.unlearning import finetune
@@ -21,14 +23,19 @@ def trainable_groups(k: int) -> frozenset[str]:
   return frozenset(groups[-k:])
 
 
+@dataclasses.dataclass(frozen=True)
+class CFkHparams(finetune.FineTuneHparams):
+  k: int = core.hparam(3, source='protocol §5 (the paper\'s CF-3)',
+                       minimum=1, maximum=len(models.PARAM_GROUPS))
+
+
 @core.register('cf_k')
 class CFk(core.SGDMethod):
+  Hparams = CFkHparams
 
   def stages(self, ctx):
-    k = ctx.hp('k', 3)
-    return [finetune.retain_stage(ctx, f'cf{k}', epochs=ctx.hp('epochs', 2),
-                                  reference_eval=False,
-                                  trainable=trainable_groups(k))]
-
-  def settings(self, ctx):
-    return {'k': ctx.hp('k', 3)}
+    hp = self.hparams(ctx)
+    return [finetune.retain_stage(
+        ctx, f'cf{hp.k}', learning_rate=hp.lr, epochs=hp.epochs,
+        batch_size=hp.batch_size, reference_eval=False,
+        trainable=trainable_groups(hp.k))]

@@ -13,6 +13,8 @@ buffers before its donated steps update them.
 from __future__ import annotations
 
 import dataclasses
+import time
+import typing
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -37,6 +39,82 @@ def register(name: str):
   return wrap
 
 
+# The source of the defaults of the paper's methods.
+REFERENCE_SOURCE = 'protocol §5 (the reference notebooks)'
+
+
+def hparam(default, *, source: str, minimum=None, maximum=None,
+           positive: bool = False, choices=None):
+  """A hyperparameter field: its default, where that default comes from (a
+  paper, a reference implementation, or mufax's choice), and the values it
+  may take. A default of None means the reference's value for the task,
+  which the method picks."""
+  return dataclasses.field(default=default, metadata={
+      'source': source, 'minimum': minimum, 'maximum': maximum,
+      'positive': positive, 'choices': choices})
+
+
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+  """A method's hyperparameters, declared once as a dataclass of `hparam`
+  fields; `config.unlearn.<method>.<field>` overrides each (the config's
+  section is made from these fields). Making one checks every value."""
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      value, rule = getattr(self, f.name), f.metadata
+      if value is None or not rule:
+        continue
+      problem = None
+      if rule['choices'] is not None and value not in rule['choices']:
+        problem = f'choose one of {", ".join(map(str, rule["choices"]))}'
+      elif rule['positive'] and not value > 0:
+        problem = 'must be > 0'
+      elif rule['minimum'] is not None and not value >= rule['minimum']:
+        problem = f'must be at least {rule["minimum"]}'
+      elif rule['maximum'] is not None and not value <= rule['maximum']:
+        problem = f'must be at most {rule["maximum"]}'
+      if problem:
+        raise ValueError(f'{f.name}={value!r}: {problem}.')
+
+  @classmethod
+  def from_overrides(cls, overrides: Mapping[str, Any]) -> Hparams:
+    """The defaults, with the overrides' values that are set (not None) for
+    this class's fields; other keys are ignored."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in overrides.items()
+                  if k in names and v is not None})
+
+  @classmethod
+  def config_fields(cls) -> dict[str, Any]:
+    """{field: default}, with a `placeholder` of the field's type where the
+    default is None, so that the command line can set it."""
+    from ml_collections.config_dict import placeholder  # pylint: disable=g-import-not-at-top
+    hints = typing.get_type_hints(cls)
+    fields = {}
+    for f in dataclasses.fields(cls):
+      if f.default is None:
+        kind = next(t for t in typing.get_args(hints[f.name])
+                    if t is not type(None))
+        fields[f.name] = placeholder(kind)
+      else:
+        fields[f.name] = f.default
+    return fields
+
+  def settings(self) -> dict:
+    """The values set, for results.json (None: the task's reference, which
+    the stages report)."""
+    return {k: v for k, v in dataclasses.asdict(self).items()
+            if v is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class SGDHparams(Hparams):
+  """What every method that trains has."""
+  batch_size: int = hparam(64, source=REFERENCE_SOURCE,
+                           minimum=1)
+
+
 @dataclasses.dataclass
 class Context:
   """Everything a method may use; built once per run by the runner."""
@@ -53,7 +131,10 @@ class Context:
   engine: engine_lib.Engine | None = None
   # One seed per member of the population.
   seeds: tuple[int, ...] = (42,)
-  # Overrides of the protocol §5 hyperparameters; None keeps the reference.
+  # Classes of a softmax task, attributes of a sigmoid one.
+  num_outputs: int = 0
+  # Values of `config.unlearn.<method>`: overrides of the method's
+  # `Hparams` (None or absent keeps the default).
   hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   # Trains a protocol §4 population ('retrain', for `retrain`), or reuses its
   # checkpoint; returns (state, seconds its epochs took, recipe as a dict,
@@ -70,15 +151,6 @@ class Context:
 
   def size(self, name: str) -> int:
     return len(self.data[name]['label'])
-
-  def hp(self, name: str, reference):
-    """The config's value of hyperparameter `name`, else the reference's."""
-    value = self.hparams.get(name)
-    return reference if value is None else value
-
-  @property
-  def batch_size(self) -> int:
-    return self.hp('batch_size', 64)
 
   def bn_train(self, *, reference_eval: bool = False) -> bool:
     """BatchNorm mode of a method's updates (protocol §5).
@@ -109,7 +181,8 @@ class Row:
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """A run of SGD updates; `row` names the model reported at its end."""
+  """A run of updates over planned batches; `row` names the model reported
+  at its end."""
   row: str | None
   # One entry per update step: (objective key, {data name: indices}).
   plan: list[tuple[str, dict[str, np.ndarray]]]
@@ -120,11 +193,35 @@ class Stage:
   epochs: int
   # Which parameter groups train (None: all); see `models.param_group`.
   trainable: frozenset[str] | None = None
-  uses_teacher: bool = False
+  # Models the objectives may call (`inputs.teacher(images, name)`), in eval
+  # mode: 'original', or one of the method's `teachers`.
+  teachers: tuple[str, ...] = ()
+  # A key of `engine.OPTIMIZERS`. The gradient sums update nothing: they
+  # leave their sums (a population's params-shaped tree) under `name` for
+  # the stages after them.
+  optimizer: str = 'sgd'
+  momentum: float = 0.0
+  name: str = ''
+  # Population-level hooks, run at the stage's start with (variables,
+  # measurements {name: sums}, rngs one key per member): `edit` returns the
+  # variables to start from (e.g. dampened or re-initialised weights);
+  # `gradient_scale` the params-shaped multipliers of `scaled_sgd`.
+  edit: Callable | None = None
+  gradient_scale: Callable | None = None
+
+  @property
+  def measures(self) -> bool:
+    return self.optimizer.endswith('gradient_sum')
 
   def settings(self) -> dict:
+    if self.measures:
+      return {'measures': self.name, 'batch_norm': 'train' if self.bn_train
+              else 'eval'}
     return {'learning_rate': self.learning_rate, 'epochs': self.epochs,
             'batch_norm': 'train' if self.bn_train else 'eval',
+            **({'optimizer': self.optimizer}
+               if self.optimizer not in ('sgd', 'scaled_sgd') else {}),
+            **({'momentum': self.momentum} if self.momentum else {}),
             **({'trainable': sorted(self.trainable)} if self.trainable
                else {})}
 
@@ -141,9 +238,14 @@ class Method:
   # Whether `run` starts from the original model; the runner passes None
   # to a method that does not, without loading the original.
   needs_original = True
+  # The method's hyperparameters (`config.unlearn.<name>`).
+  Hparams: type[Hparams] = Hparams
 
   def __init__(self, name: str):
     self.name = name
+
+  def hparams(self, ctx: Context) -> Hparams:
+    return self.Hparams.from_overrides(ctx.hparams)
 
   def row_names(self, ctx: Context) -> list[str]:
     return [self.name]
@@ -153,7 +255,9 @@ class Method:
 
 
 class SGDMethod(Method):
-  """A method made of `stages`, each a plain-SGD loop over planned batches."""
+  """A method made of `stages`, each a loop of updates over planned
+  batches."""
+  Hparams = SGDHparams
 
   def stages(self, ctx: Context) -> list[Stage]:
     """One model's stages; `ctx.seed` is that model's seed."""
@@ -161,10 +265,45 @@ class SGDMethod(Method):
 
   def settings(self, ctx: Context) -> dict:
     """Method-level hyperparameters reported with every row."""
-    return {}
+    return self.hparams(ctx).settings()
+
+  def teachers(self, ctx: Context, original) -> dict[str, Any]:
+    """The models stages may name in `Stage.teachers`, by name: a
+    population each (or one model that every member shares)."""
+    return {'original': original}
 
   def row_names(self, ctx: Context) -> list[str]:
     return [s.row for s in self.stages(ctx.for_seed(ctx.seed)) if s.row]
+
+  def _run_stage(self, ctx, stage, plan, variables, rngs, measurements,
+                 label, teachers):
+    engine, population = ctx.engine, len(ctx.seeds)
+    update_tx, make_tx = engine_lib.OPTIMIZERS[stage.optimizer]
+    updates = {key: engine_lib.Update(objective, update_tx, stage.bn_train,
+                                      stage.trainable)
+               for key, objective in stage.objectives.items()}
+    state = engine.state_from(
+        variables, make_tx(stage.learning_rate, stage.momentum),
+        trainable=stage.trainable, population=population)
+    if stage.gradient_scale is not None:
+      scale = engine.put_members(stage.gradient_scale(
+          state.variables, measurements, rngs), population)
+      state = state.replace(opt_state=(engine_lib.GradientScale(scale),)
+                            + tuple(state.opt_state[1:]))
+    engine_lib.log(
+        f'{label}: {len(plan)} '
+        + ('gradient passes' if stage.measures else
+           f'update steps, learning rate {stage.learning_rate}')
+        + f', BatchNorm in {"train" if stage.bn_train else "eval"} mode'
+        + (f', {population} models' if population > 1 else ''))
+    state, result = engine.run(
+        plan, updates, state, rngs,
+        teachers={n: teachers[n] for n in stage.teachers} or None,
+        label=label)
+    engine_lib.log(f'  {label} done in {result.seconds:.1f} s '
+                   f'(+{result.compile_seconds:.1f} s compiling), last '
+                   f'loss {result.measured["loss"][-1].mean():.4f}')
+    return state, result
 
   def run(self, ctx: Context, original) -> Iterator[Row]:
     """The population of `original` (one member per seed, or one member
@@ -173,39 +312,34 @@ class SGDMethod(Method):
     population = len(ctx.seeds)
     per_member = [self.stages(ctx.for_seed(s)) for s in ctx.seeds]
     variables, steps, seconds, compile_seconds, flops = original, 0, 0., 0., 0.
-    history = []
+    history, measurements, teachers = [], {}, None
     for index, stages in enumerate(zip(*per_member)):
       stage = stages[0]
-      label = stage.row or self.name
+      label = stage.row or stage.name or self.name
       plan = engine_lib.Plan.stack([s.plan for s in stages])
-      updates = {key: engine_lib.Update(objective, engine_lib.SGD, stage.bn_train,
-                                        stage.trainable)
-                 for key, objective in stage.objectives.items()}
-      state = engine.state_from(variables, engine_lib.sgd(stage.learning_rate),
-                                trainable=stage.trainable,
-                                population=population)
       rngs = jax.vmap(lambda s, i=index: jax.random.fold_in(
           jax.random.key(s), i))(np.asarray(ctx.seeds, np.int32))
-      engine_lib.log(
-          f'{label}: {len(plan)} update steps, learning rate '
-          f'{stage.learning_rate}, BatchNorm in '
-          f'{"train" if stage.bn_train else "eval"} mode'
-          + (f', {population} models' if population > 1 else ''))
-      state, result = engine.run(
-          plan, updates, state, rngs,
-          teacher=original if stage.uses_teacher else None, label=label)
+      if stage.edit is not None:
+        began = time.perf_counter()
+        variables = jax.block_until_ready(stage.edit(
+            engine.put_members(variables, population), measurements, rngs))
+        seconds += time.perf_counter() - began
       if len(plan):
-        engine_lib.log(f'  {label} done in {result.seconds:.1f} s '
-                       f'(+{result.compile_seconds:.1f} s compiling), last '
-                       f'loss {result.measured["loss"][-1].mean():.4f}')
-      variables = state.variables
-      steps += len(plan)
-      seconds += result.seconds
-      compile_seconds += result.compile_seconds
-      flops += result.flops
+        if stage.teachers and teachers is None:
+          teachers = self.teachers(ctx, original)
+        state, result = self._run_stage(ctx, stage, plan, variables, rngs,
+                                        measurements, label, teachers)
+        if stage.measures:
+          measurements[stage.name] = state.opt_state
+        else:
+          variables = state.variables
+        steps += len(plan)
+        seconds += result.seconds
+        compile_seconds += result.compile_seconds
+        flops += result.flops
       history.append(stage.settings() | {'steps': len(plan)})
       if stage.row:
-        settings = {'batch_size': ctx.batch_size} | self.settings(ctx) | (
+        settings = self.settings(ctx) | (
             history[0] if len(history) == 1 else {'stages': list(history)})
         yield Row(stage.row, variables, steps, seconds=seconds,
                   compile_seconds=compile_seconds, flops=flops,

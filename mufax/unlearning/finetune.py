@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from mufax import engine
 from mufax.unlearning import core
 from mufax.unlearning import loops
@@ -16,24 +18,35 @@ def retain_loss(forward, inputs, prepared):
 RETAIN_LOSS = engine.Objective(retain_loss)
 
 
-def retain_stage(ctx: core.Context, row: str, *, epochs: int,
-                 reference_eval: bool,
-                 trainable: frozenset[str] | None = None) -> core.Stage:
-  """Epochs of retain-only training at lr 0.001 (fine-tuning, CF-k, UNSIR 2)."""
+def retain_stage(ctx: core.Context, row: str | None, *, learning_rate: float,
+                 epochs: int, batch_size: int, reference_eval: bool,
+                 **stage) -> core.Stage:
+  """Epochs of retain-only training (fine-tuning, CF-k, UNSIR stage 2, and
+  the repair of later methods); `stage` sets other `core.Stage` fields."""
   return core.Stage(
       row=row,
       plan=core.step_plan('retain', loops.passes(
-          'retain', ctx.size('retain'), ctx.batch_size, epochs=epochs,
+          'retain', ctx.size('retain'), batch_size, epochs=epochs,
           seed=ctx.seed)),
-      objectives={'retain': RETAIN_LOSS},
-      learning_rate=ctx.hp('lr', 0.001),
+      objectives={'retain': RETAIN_LOSS}, learning_rate=learning_rate,
       bn_train=ctx.bn_train(reference_eval=reference_eval), epochs=epochs,
-      trainable=trainable)
+      **stage)
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTuneHparams(core.SGDHparams):
+  lr: float = core.hparam(0.001, source=core.REFERENCE_SOURCE,
+                          positive=True)
+  epochs: int = core.hparam(2, source=core.REFERENCE_SOURCE,
+                            minimum=1)
 
 
 @core.register('finetune')
 class FineTune(core.SGDMethod):
+  Hparams = FineTuneHparams
 
   def stages(self, ctx):
-    return [retain_stage(ctx, 'finetune', epochs=ctx.hp('epochs', 2),
+    hp = self.hparams(ctx)
+    return [retain_stage(ctx, 'finetune', learning_rate=hp.lr,
+                         epochs=hp.epochs, batch_size=hp.batch_size,
                          reference_eval=True)]

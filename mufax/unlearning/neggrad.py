@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mufax import engine
+from mufax.unlearning import finetune
 from mufax.unlearning import core
 from mufax.unlearning import loops
 
@@ -16,9 +17,11 @@ def forget_ascent(forward, inputs, prepared):
 
 @core.register('neggrad')
 class NegGrad(core.SGDMethod):
+  Hparams = finetune.FineTuneHparams
 
   def stages(self, ctx):
-    epochs, bs = ctx.hp('epochs', 2), ctx.batch_size
+    hp = self.hparams(ctx)
+    epochs, bs = hp.epochs, hp.batch_size
     if ctx.task == 'multilabel':
       # The reference loops over forget alone, skipping its short batch.
       plan = loops.full_batches('forget', ctx.size('forget'), bs,
@@ -31,5 +34,5 @@ class NegGrad(core.SGDMethod):
     return [core.Stage(
         row='neggrad', plan=core.step_plan('neggrad', plan),
         objectives={'neggrad': engine.Objective(forget_ascent)},
-        learning_rate=ctx.hp('lr', 0.001), bn_train=ctx.bn_train(),
+        learning_rate=hp.lr, bn_train=ctx.bn_train(),
         epochs=epochs)]

@@ -70,27 +70,39 @@ class Distillation:
     return engine.Objective(self.loss, prepare=self.prepare)
 
 
+@dataclasses.dataclass(frozen=True)
+class SCRUBHparams(core.SGDHparams):
+  # None: the task's reference value (REFERENCE).
+  lr: float | None = core.hparam(
+      None, source=core.REFERENCE_SOURCE + ', per task', positive=True)
+  epochs: int | None = core.hparam(
+      None, source=core.REFERENCE_SOURCE + ', per task', minimum=1)
+  temperature: float = core.hparam(
+      4.0, source=core.REFERENCE_SOURCE, positive=True)
+
+
 @core.register('scrub')
 class SCRUB(core.SGDMethod):
+  Hparams = SCRUBHparams
 
   def stages(self, ctx):
+    hp = self.hparams(ctx)
     lr, epochs, forget_pass = REFERENCE[ctx.task]
-    epochs = ctx.hp('epochs', epochs)
-    temperature = ctx.hp('temperature', 4.0)
+    lr = lr if hp.lr is None else hp.lr
+    epochs = epochs if hp.epochs is None else hp.epochs
     bernoulli = ctx.loss == 'sigmoid' and ctx.protocol == 'clean'
     objectives = {
-        name: Distillation(name, sign, temperature, bernoulli).objective()
+        name: Distillation(name, sign, hp.temperature, bernoulli).objective()
         for name, sign in (('retain', 1), ('forget', -1))}
     plan = []
     for epoch in range(epochs):
       for name in ('retain', 'forget') if forget_pass else ('retain',):
         plan += core.step_plan(name, loops.passes(
-            name, ctx.size(name), ctx.batch_size, epochs=1, seed=ctx.seed,
+            name, ctx.size(name), hp.batch_size, epochs=1, seed=ctx.seed,
             first_epoch=epoch))
     return [core.Stage(row='scrub', plan=plan, objectives=objectives,
-                       learning_rate=ctx.hp('lr', lr), bn_train=True,
-                       epochs=epochs, uses_teacher=True)]
+                       learning_rate=lr, bn_train=True, epochs=epochs,
+                       teachers=('original',))]
 
   def settings(self, ctx):
-    return {'temperature': ctx.hp('temperature', 4.0),
-            'forget_pass': REFERENCE[ctx.task][2]}
+    return super().settings(ctx) | {'forget_pass': REFERENCE[ctx.task][2]}

@@ -63,26 +63,35 @@ def impair_loss(forward, inputs, noise):
                                     'noise_max': noise.max()}
 
 
+@dataclasses.dataclass(frozen=True)
+class UNSIRHparams(core.SGDHparams):
+  # Both stages' learning rate.
+  lr: float = core.hparam(0.001, source=core.REFERENCE_SOURCE, positive=True)
+  epochs: int = core.hparam(
+      2, source=core.REFERENCE_SOURCE + ', stage 1', minimum=1)
+  repair_epochs: int = core.hparam(
+      1, source=core.REFERENCE_SOURCE + ', stage 2', minimum=1)
+  noise_steps: int = core.hparam(5, source=core.REFERENCE_SOURCE, minimum=0)
+  noise_lr: float = core.hparam(
+      0.01, source=core.REFERENCE_SOURCE, positive=True)
+
+
 @core.register('unsir')
 class UNSIR(core.SGDMethod):
+  Hparams = UNSIRHparams
 
   def stages(self, ctx):
+    hp = self.hparams(ctx)
     impair = engine.Objective(impair_loss, prepare=NoiseSynthesis(
-        ctx.hp('noise_steps', 5), ctx.hp('noise_lr', 0.01)))
-    epochs = ctx.hp('epochs', 2)
+        hp.noise_steps, hp.noise_lr))
     plan = loops.zipped(ctx.size('retain'), ctx.size('forget'),
-                        ctx.batch_size, epochs=epochs, seed=ctx.seed)
+                        hp.batch_size, epochs=hp.epochs, seed=ctx.seed)
     return [
         core.Stage(row='unsir_stage1', plan=core.step_plan('impair', plan),
-                   objectives={'impair': impair},
-                   learning_rate=ctx.hp('lr', 0.001),
+                   objectives={'impair': impair}, learning_rate=hp.lr,
                    bn_train=ctx.bn_train(reference_eval=True),
-                   epochs=epochs),
-        finetune.retain_stage(ctx, 'unsir_stage2',
-                              epochs=ctx.hp('repair_epochs', 1),
-                              reference_eval=True),
+                   epochs=hp.epochs),
+        finetune.retain_stage(ctx, 'unsir_stage2', learning_rate=hp.lr,
+                              epochs=hp.repair_epochs,
+                              batch_size=hp.batch_size, reference_eval=True),
     ]
-
-  def settings(self, ctx):
-    return {'noise_steps': ctx.hp('noise_steps', 5),
-            'noise_lr': ctx.hp('noise_lr', 0.01)}
