@@ -335,6 +335,13 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
       loss=task.loss, task=task.family, protocol=config.protocol,
       data=task.splits, engine=engine, seeds=seeds,
       num_outputs=task.num_outputs, train_from_scratch=from_scratch)
+  for name in names:
+    # A method that refuses the task does so before anything is trained.
+    if name in unlearning.METHODS:
+      try:
+        unlearning.METHODS[name].row_names(method_context(ctx, config, name))
+      except unlearning.Unsupported as e:
+        raise ConfigError(f'config.methods: {name}: {e}') from e
   done = previous_records(workdir, config)
   records, original = [], []
 

@@ -23,7 +23,8 @@ BATCH = 8
 # is of the order of the change.
 REL = 1e-3
 SGD_METHODS = ('finetune', 'cf_k', 'neggrad', 'advanced_neggrad', 'unsir',
-               'scrub')
+               'scrub', 'random_labels', 'bad_teaching', 'ssd', 'salun',
+               'l1_sparse', 'msg', 'ct')
 
 
 def sized_context(task, n_forget, n_retain, protocol='paper', **hparams):

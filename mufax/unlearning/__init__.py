@@ -16,6 +16,7 @@ from mufax.unlearning.core import Context
 from mufax.unlearning.core import Hparams
 from mufax.unlearning.core import METHODS
 from mufax.unlearning.core import Row
+from mufax.unlearning.core import Unsupported
 from mufax.unlearning.core import hparam
 from mufax.unlearning.core import register
 
@@ -36,5 +37,5 @@ def hparams_config() -> ml_collections.ConfigDict:
       if method.Hparams.config_fields()})
 
 
-__all__ = ['Context', 'Hparams', 'METHODS', 'PAPER_TABLE', 'Row', 'hparam',
+__all__ = ['Context', 'Hparams', 'METHODS', 'PAPER_TABLE', 'Row', 'Unsupported', 'hparam',
            'hparams_config', 'register']

@@ -233,6 +233,11 @@ def step_plan(key: str, plan: loops.Plan) -> list[tuple[str, dict]]:
 # --------------------------------------------------------------- methods
 
 
+class Unsupported(ValueError):
+  """A method that does not apply to the task; one line saying why."""
+
+
+
 class Method:
   """An unlearning method: `run` yields the rows it produces."""
   # Whether `run` starts from the original model; the runner passes None
