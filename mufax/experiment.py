@@ -335,13 +335,18 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
       loss=task.loss, task=task.family, protocol=config.protocol,
       data=task.splits, engine=engine, seeds=seeds,
       num_outputs=task.num_outputs, train_from_scratch=from_scratch)
-  for name in names:
-    # A method that refuses the task does so before anything is trained.
-    if name in unlearning.METHODS:
-      try:
+  named = {m.strip() for m in config.methods.split(',')}
+  for name in list(names):
+    # A method that refuses the task does so before anything is trained:
+    # an error if named, skipped if it came with `extended`.
+    try:
+      if name in unlearning.METHODS:
         unlearning.METHODS[name].row_names(method_context(ctx, config, name))
-      except unlearning.Unsupported as e:
+    except unlearning.Unsupported as e:
+      if name in named:
         raise ConfigError(f'config.methods: {name}: {e}') from e
+      engine_lib.log(f'{name}: skipped, {e}')
+      names.remove(name)
   done = previous_records(workdir, config)
   records, original = [], []
 

@@ -7,8 +7,6 @@ each of them.
 
 from __future__ import annotations
 
-from mufax import tasks
-
 _MUFAC = {'learning_rate': 0.01, 'momentum': 0.9, 'epochs': 30,
           'decay_epochs': (10, 20), 'batch_size': 64}
 
@@ -28,7 +26,3 @@ RECIPES = {
     },
 }
 
-
-def task_of(dataset: str) -> str:
-  """`tasks.task_of(dataset).family`; kept until its callers use tasks."""
-  return tasks.task_of(dataset).family

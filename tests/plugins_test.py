@@ -1,0 +1,75 @@
+"""A method of one's own: a file named in config.plugins, run as a row."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+from absl.testing import absltest
+
+import experiment_test
+
+from mufax import experiment
+from mufax import plugins
+from mufax import unlearning
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(REPO, 'examples', 'uniform_forget.py')
+
+
+class PluginTest(absltest.TestCase):
+
+  def test_the_readme_example_runs_as_a_row(self):
+    config = experiment_test.tiny_config(self.create_tempdir().full_path)
+    config.plugins = EXAMPLE
+    plugins.load(config.plugins)
+    # Loading it again (the command line's load, then the run's) is a no-op.
+    plugins.load(config.plugins)
+    config.unlearn = unlearning.hparams_config()
+    config.unlearn.uniform_forget.weight = 2.0
+    config.methods = 'original,uniform_forget'
+    workdir = self.create_tempdir().full_path
+    records = experiment.run(config, workdir)
+    self.assertEqual([r['method'] for r in records],
+                     ['original', 'uniform_forget'])
+    row = records[1]
+    self.assertEqual(row['config']['weight'], 2.0)
+    # 600 retain and 400 forget images, zipped full batches of 64: 6 steps
+    # an epoch, 2 epochs.
+    self.assertEqual(row['update_steps'], 12)
+    # The row's model is not the original's.
+    forget = [np.load(os.path.join(workdir, 'losses', f'{r}.npz'))['forget']
+              for r in ('original', 'uniform_forget')]
+    self.assertGreater(np.abs(forget[0] - forget[1]).max(), 1e-3)
+    extended = config.copy_and_resolve_references()
+    extended.methods = 'extended'
+    self.assertIn('uniform_forget', experiment.method_names(extended))
+
+  def test_command_line_sets_a_plugin_hyperparameter(self):
+    # The value is refused by the plugin's own Hparams, which only exist
+    # in config.unlearn if the plugin was loaded before the config was made.
+    result = subprocess.run(
+        [sys.executable, 'run_main.py', '--config=configs/quickstart.py',
+         f'--config.plugins={EXAMPLE}',
+         '--config.methods=original,uniform_forget',
+         '--config.unlearn.uniform_forget.weight=-1',
+         f'--workdir={self.create_tempdir().full_path}'],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    self.assertEqual(result.returncode, 1, result.stderr)
+    self.assertIn('error: config.unlearn.uniform_forget.weight=-1.0: must be '
+                  'at least 0.', result.stderr)
+
+  def test_a_missing_plugin_is_named(self):
+    config = experiment_test.tiny_config(self.create_tempdir().full_path)
+    config.plugins = 'no/such_method.py'
+    with self.assertRaisesRegex(experiment.ConfigError,
+                                "no file 'no/such_method.py'"):
+      experiment.run(config, self.create_tempdir().full_path)
+    config.plugins = 'no_such_module'
+    with self.assertRaisesRegex(experiment.ConfigError,
+                                "cannot import 'no_such_module'"):
+      experiment.run(config, self.create_tempdir().full_path)
+
+
+if __name__ == '__main__':
+  absltest.main()
