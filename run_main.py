@@ -50,7 +50,7 @@ def main(argv):
   try:
     records = experiment.run(_CONFIG.value, workdir)
   except (DataError, experiment.ConfigError, engine.PopulationTooLarge,
-          files.WorkdirInUse) as e:
+          engine.Diverged, files.WorkdirInUse) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
   print(experiment.format_table(records))

@@ -516,6 +516,24 @@ def tree_bytes(tree) -> int:
              for x in jax.tree.leaves(tree))
 
 
+class Diverged(RuntimeError):
+  """Training from scratch whose loss stopped being finite."""
+
+
+def divergence(loss: np.ndarray, seeds: Sequence[int]) -> dict | None:
+  """Where a run's losses [steps, members] first stop being finite: the
+  step (1-based), the seeds of the members it happened to and the mean of
+  their last finite losses; None if they never do."""
+  bad = ~np.isfinite(loss)
+  if not bad.any():
+    return None
+  step = int(np.argmax(bad.any(axis=1)))
+  members = np.flatnonzero(bad[step])
+  return {'step': step + 1, 'seeds': [int(seeds[m]) for m in members],
+          'last_finite_loss': (float(loss[step - 1, members].mean())
+                               if step else None)}
+
+
 # ---------------------------------------------------------------- engine
 
 

@@ -151,9 +151,13 @@ def train_from_scratch(kind: str, config, *, engine: engine_lib.Engine,
                  f'({len(engine.splits[split]["label"])} images)'
                  + (f', {len(seeds)} models' if len(seeds) > 1 else '')
                  + f', {r}')
-  state, history = train.fit(
-      r, engine=engine, split=split, seeds=seeds, eval_split='test',
-      checkpoint_dir=checkpoint_dir(config, workdir, kind, seeds))
+  try:
+    state, history = train.fit(
+        r, engine=engine, split=split, seeds=seeds, eval_split='test',
+        checkpoint_dir=checkpoint_dir(config, workdir, kind, seeds))
+  except engine_lib.Diverged as e:
+    raise engine_lib.Diverged(f'{kind}: {e}: lower '
+                              f'config.{kind}.learning_rate.') from e
   return unlearning.Row(
       kind, state.variables, update_steps=int(np.asarray(state.step)[0]),
       seconds=sum(h['seconds'] for h in history),
@@ -374,15 +378,22 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
           original_model().variables if method.needs_original else None)
     for row in produced:
       row_seeds = seeds_of(config, row.name)
-      record, losses = evaluate_model(row.variables, engine=engine, task=task,
-                                      lam=config.lam, seeds=row_seeds)
       record = {'method': row.name, 'dataset': task.dataset,
                 'task': task.name, 'protocol': config.protocol,
-                'seed': row_seeds[0], 'population': len(row_seeds),
-                **record, 'wall_seconds': row.seconds,
-                'compile_seconds': row.compile_seconds, 'flops': row.flops,
-                'update_steps': row.update_steps, 'config': row.settings,
-                'published': published.published(task.dataset, row.name)}
+                'seed': row_seeds[0], 'population': len(row_seeds)}
+      cost = {'wall_seconds': row.seconds,
+              'compile_seconds': row.compile_seconds, 'flops': row.flops,
+              'update_steps': row.update_steps, 'config': row.settings,
+              'published': published.published(task.dataset, row.name)}
+      if row.diverged:
+        # A result like any other: kept, shown, never recomputed.
+        records.append(record | {'diverged': row.diverged} | cost)
+        write_results(workdir, records, config)
+        continue
+      measured, losses = evaluate_model(row.variables, engine=engine,
+                                        task=task, lam=config.lam,
+                                        seeds=row_seeds)
+      record |= measured | cost
       engine_lib.log(f'{row.name}: accuracy {record["accuracy"]:.4f}, MIA '
                      f'{record["mia"]:.4f}, NoMUS {record["nomus"]:.4f}'
                      + (f' (means of {len(row_seeds)} models)'
@@ -390,14 +401,15 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
       records.append(record)
       save_losses(workdir, row.name, losses)
       write_results(workdir, records, config)
-  extended = evaluation.evaluate(workdir, records,
+  evaluated = [r for r in records if 'diverged' not in r]
+  extended = evaluation.evaluate(workdir, evaluated,
                                  task.splits['forget']['identity'])
   for record in records:
     if record['method'] in extended:
       record['evaluation'] = extended[record['method']]['scalars']
       record['evaluation_per_seed'] = extended[record['method']]['per_seed']
   write_results(workdir, records, config, extended)
-  write_plots(workdir, records, config, extended)
+  write_plots(workdir, evaluated, config, extended)
   return records
 
 
@@ -438,8 +450,8 @@ def previous_records(workdir: str, config) -> dict[str, dict]:
     engine_lib.log(f'{workdir} held results of other settings; moved to {aside}')
     return {}
   return {r['method']: r for r in saved.get('records', [])
-          if os.path.exists(os.path.join(workdir, 'losses',
-                                         f'{r["method"]}.npz'))}
+          if 'diverged' in r or os.path.exists(
+              os.path.join(workdir, 'losses', f'{r["method"]}.npz'))}
 
 
 def write_results(workdir: str, records: list[dict], config,
@@ -535,7 +547,9 @@ def format_table(records: list[dict]) -> str:
   rows = []
   for r in records:
     paper = r.get('published') or {}
-    row = ([r['method'], measured(r, 'accuracy')]
+    name = r['method'] + (f' (diverged at step {r["diverged"]["step"]})'
+                          if 'diverged' in r else '')
+    row = ([name, measured(r, 'accuracy')]
            + ([measured(r, 'top2_accuracy')] if has('top2_accuracy') else [])
            + [measured(r, 'attribute_accuracies', a) for a in attributes]
            + [measured(r, key) for key in ('mia', 'forgetting_score', 'nomus',

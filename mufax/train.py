@@ -132,6 +132,15 @@ def fit(recipe: Recipe, *, engine: engine_lib.Engine, split: str,
       state, result = engine.run(plan, {'train': update}, state, rngs,
                                  sources={'train': split},
                                  label=f'epoch {epoch + 1}/{recipe.epochs}')
+      diverged = engine_lib.divergence(result.measured['loss'], seeds)
+      if diverged:
+        last = diverged['last_finite_loss']
+        raise engine_lib.Diverged(
+            f'training on {split} diverged: the loss of seed(s) '
+            f'{diverged["seeds"]} stopped being finite at step '
+            f'{diverged["step"]} of epoch {epoch + 1} (last finite loss '
+            + (f'{last:.4f}' if last is not None else 'none')
+            + f'); learning rate {recipe.learning_rate}')
       sizes = np.asarray([plan.images(i) for i in range(len(plan))])
       record = {'epoch': epoch + 1}
       for name in ('loss', 'accuracy'):

@@ -12,6 +12,7 @@ from absl.testing import absltest
 from PIL import Image
 
 from configs import quickstart
+from mufax import engine
 from mufax import experiment
 from mufax import published
 from mufax import unlearning
@@ -156,6 +157,34 @@ class RunTest(absltest.TestCase):
     with self.assertRaisesRegex(experiment.ConfigError,
                                 r'config\.unlearn\.cf_k\.k=9: must be at most 6'):
       experiment.run(bad, self.create_tempdir().full_path)
+
+  def test_divergence_is_a_result_and_the_run_goes_on(self):
+    data_dir = self.create_tempdir().full_path
+    workdir = self.create_tempdir().full_path
+    config = tiny_config(data_dir)
+    config.methods = 'original,neggrad,finetune'
+    # Gradient ascent at this rate overflows within a few steps.
+    config.unlearn.neggrad.lr = 1e8
+    records = experiment.run(config, workdir)
+    self.assertEqual([r['method'] for r in records],
+                     ['original', 'neggrad', 'finetune'])
+    diverged = records[1]['diverged']
+    self.assertGreaterEqual(diverged['step'], 1)
+    self.assertLessEqual(diverged['step'], records[1]['update_steps'])
+    self.assertEqual(diverged['seeds'], [42])
+    self.assertNotIn('accuracy', records[1])
+    self.assertGreater(records[2]['accuracy'], 0)
+    with open(os.path.join(workdir, 'results.md')) as f:
+      self.assertIn(f'neggrad (diverged at step {diverged["step"]})', f.read())
+    # Kept as a result: a second run recomputes nothing.
+    again = experiment.run(config, workdir)
+    self.assertEqual(again[1]['diverged'], diverged)
+
+    config.original.learning_rate = 1e8
+    with self.assertRaisesRegex(
+        engine.Diverged, r'original: training on train diverged: .* at step '
+        r'\d+ of epoch 1 .*config\.original\.learning_rate'):
+      experiment.run(config, self.create_tempdir().full_path)
 
   def test_command_line_error_exits_non_zero_with_a_message(self):
     result = subprocess.run(

@@ -45,6 +45,10 @@ class PluginTest(absltest.TestCase):
     extended.methods = 'extended'
     self.assertIn('uniform_forget', experiment.method_names(extended))
 
+  def test_the_readme_shows_the_example_whole(self):
+    with open(EXAMPLE) as f, open(os.path.join(REPO, 'README.md')) as readme:
+      self.assertIn(f.read(), readme.read())
+
   def test_command_line_sets_a_plugin_hyperparameter(self):
     # The value is refused by the plugin's own Hparams, which only exist
     # in config.unlearn if the plugin was loaded before the config was made.

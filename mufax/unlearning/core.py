@@ -177,6 +177,10 @@ class Row:
   flops: float = 0.0
   # The hyperparameters the model was made with, for results.json.
   settings: dict = dataclasses.field(default_factory=dict)
+  # Set when a loss became NaN or infinite: {'step': the first such update
+  # step (1-based, over the method's stages), 'stage', 'seeds' (the members
+  # it happened to), 'last_finite_loss'}; `variables` are then unusable.
+  diverged: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,14 +338,26 @@ class SGDMethod(Method):
           teachers = self.teachers(ctx, original)
         state, result = self._run_stage(ctx, stage, plan, variables, rngs,
                                         measurements, label, teachers)
+        seconds += result.seconds
+        compile_seconds += result.compile_seconds
+        flops += result.flops
+        diverged = engine_lib.divergence(result.measured['loss'], ctx.seeds)
+        if diverged:
+          diverged.update(step=steps + diverged['step'], stage=label)
+          engine_lib.log(f'{self.name} diverged at update step '
+                         f'{diverged["step"]} ({label}); its rows are '
+                         'recorded as diverged')
+          later = [s.row for s in per_member[0][index:] if s.row]
+          for row in later:
+            yield Row(row, None, steps + len(plan), seconds=seconds,
+                      compile_seconds=compile_seconds, flops=flops,
+                      settings=self.settings(ctx), diverged=diverged)
+          return
         if stage.measures:
           measurements[stage.name] = state.opt_state
         else:
           variables = state.variables
         steps += len(plan)
-        seconds += result.seconds
-        compile_seconds += result.compile_seconds
-        flops += result.flops
       history.append(stage.settings() | {'steps': len(plan)})
       if stage.row:
         settings = self.settings(ctx) | (
