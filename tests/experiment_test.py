@@ -14,6 +14,7 @@ from PIL import Image
 from configs import quickstart
 from mufax import engine
 from mufax import experiment
+from mufax import metrics
 from mufax import published
 from mufax import unlearning
 from mufax.data.errors import DataError
@@ -80,6 +81,17 @@ class RunTest(absltest.TestCase):
                       **{f'phi_{k}': (2, n) for k, n in sizes.items()}})
     self.assertTrue(np.all(np.isfinite(losses['forget'])))
     self.assertEqual(losses['phi_forget'].dtype, np.float64)
+    # Each member's attack scores, recomputed from the saved losses and the
+    # test's λ (0.5): NoMUS = λ·accuracy + (1 − λ)·(1 − 2·|MIA − 0.5|).
+    for r in records:
+      with np.load(os.path.join(workdir, 'losses', f'{r["method"]}.npz')) as z:
+        for k, m in enumerate(r['members']):
+          mia = metrics.membership_inference(z['forget'][k], z['unseen'][k])
+          self.assertEqual(m['mia'], mia)
+          self.assertAlmostEqual(m['nomus'], 0.5 * m['accuracy'] + 0.5 * (
+              1 - 2 * abs(mia - 0.5)), places=12)
+          self.assertEqual(m['loss_auc'], metrics.loss_auc(z['forget'][k],
+                                                           z['unseen'][k]))
     # Softmax φ > 0 exactly where the true class has more than half the mass,
     # i.e. the loss -log p_y is below log 2.
     np.testing.assert_array_equal(losses['phi_forget'] > 0,

@@ -95,14 +95,32 @@ class MucacFixtureTest(absltest.TestCase):
           [l for l, in data_testing.read_split(young, split, 'label')])
 
   def test_images_resized_like_torchvision(self):
-    builder = data_testing.build(self.builder('gender'), self.manual)
-    record = builder.as_data_source('test')[0]
-    # The fixture's 160x160 grid of flat 40-pixel cells keeps cell centres.
+    # A source with detail at every scale (noise over a fine checkerboard):
+    # a filter without antialiasing, or another filter, gives other pixels.
     from PIL import Image  # pylint: disable=g-import-not-at-top
-    source = np.asarray(Image.open(os.path.join(
-        self.manual, 'CelebA-HQ-img', '0.jpg')).convert('RGB'), np.int32)
-    np.testing.assert_allclose(record['image'][16::32, 16::32],
-                               source[20::40, 20::40], atol=12)
+    path = os.path.join(self.manual, 'CelebA-HQ-img', '0.jpg')
+    size = Image.open(path).size[0]
+    rng = np.random.default_rng(0)
+    board = (np.indices((size, size)).sum(axis=0) % 2 * 160)[..., None]
+    detail = np.clip(board + rng.integers(0, 96, (size, size, 3)), 0, 255)
+    Image.fromarray(detail.astype(np.uint8)).save(path, quality=95)
+    builder = data_testing.build(self.builder('gender'), self.manual)
+    stored = builder.as_data_source('test')[0]['image'].astype(np.int32)
+    source = Image.open(path).convert('RGB')
+    target = stored.shape[0]
+    # torchvision's Resize on a PIL image: PIL's antialiased bilinear.
+    expected = np.asarray(source.resize((target, target), Image.BILINEAR),
+                          np.int32)
+    np.testing.assert_array_equal(stored, expected)
+    for other in (Image.NEAREST, Image.BICUBIC):
+      self.assertGreater(np.abs(stored - np.asarray(
+          source.resize((target, target), other), np.int32)).mean(), 2)
+    # Bilinear without antialiasing: sample the 2x2 neighbourhood only.
+    step = size / target
+    centres = (np.arange(target) + 0.5) * step - 0.5
+    nearby = np.asarray(source, np.int32)[np.ix_(
+        np.floor(centres).astype(int), np.floor(centres).astype(int))]
+    self.assertGreater(np.abs(stored - nearby).mean(), 10)
 
   def test_reads_the_reference_notebooks_layout(self):
     nested = os.path.join(self.tmp, 'nested')

@@ -12,6 +12,7 @@ from PIL import Image
 
 import data_testing
 from datasets_builders.mufac import mufac_dataset_builder as mufac
+from mufax.data import audit
 from mufax.data import prepare
 from mufax.data import splits as splits_lib
 from mufax.data.errors import DataError
@@ -187,9 +188,12 @@ class MufacRealDataTest(absltest.TestCase):
     builder = prepare.prepare('mufac/paper', data_dir=self.data_dir,
                               manual_dir=self.manual)
     summary = prepare.describe(builder)
-    counts = {s: v['images'] for s, v in summary['splits'].items()}
-    self.assertEqual(counts, {'train': 10025, 'retain': 8525, 'forget': 1500,
-                              'test': 1539, 'unseen': 1504})
+    counts = {s: (v['images'], v['identities'])
+              for s, v in summary['splits'].items()}
+    # README "Split counts".
+    self.assertEqual(counts, {'train': (10025, 896), 'retain': (8525, 761),
+                              'forget': (1500, 136), 'test': (1539, 161),
+                              'unseen': (1504, 159)})
     classes = {s: v['class_counts'] for s, v in summary['splits'].items()}
     self.assertEqual(classes['train'], [2121, 1951, 1728, 1216, 1487, 814, 444, 264])
     self.assertEqual(classes['test'], [375, 367, 270, 239, 173, 79, 32, 4])
@@ -210,9 +214,26 @@ class MufacRealDataTest(absltest.TestCase):
     splits = summary['splits']
     self.assertEqual(splits['train']['images'],
                      splits['forget']['images'] + splits['retain']['images'])
-    # Forget grows to whole people, then loses its cross-split duplicates.
-    self.assertGreater(splits['forget']['identities'], 100)
-    self.assertLess(splits['unseen']['images'], 1504)
+    # README "Split counts": forget grows to whole people, then every split
+    # loses its cross-split duplicates.
+    self.assertEqual(
+        {s: (v['images'], v['identities']) for s, v in splits.items()},
+        {'train': (9900, 887), 'forget': (1473, 134), 'retain': (8427, 753),
+         'test': (1519, 159), 'unseen': (1460, 155)})
+
+  def test_audit_finds_the_pairs_the_readme_publishes(self):
+    builder = prepare.prepare('mufac/paper', data_dir=self.data_dir,
+                              manual_dir=self.manual)
+    pairs, _, identities = audit.audit(builder)
+    summary = audit.summarize(pairs, identities)
+    # README "Near-duplicate audit": every pair joins two identities.
+    self.assertEqual(
+        {k: (v['pairs'], v['different_identity']) for k, v in summary.items()},
+        {k: (n, n) for k, n in {
+            'forget/forget': 511, 'forget/retain': 48, 'forget/test': 1,
+            'forget/unseen': 0, 'retain/retain': 4137, 'retain/test': 1,
+            'retain/unseen': 54, 'test/test': 312, 'test/unseen': 18,
+            'unseen/unseen': 359}.items()})
 
 
 if __name__ == '__main__':
