@@ -229,6 +229,34 @@ class MethodBehaviourTest(parameterized.TestCase):
     jax.tree.map(np.testing.assert_array_equal, start, host(original))
     self.assertIsNotNone(scrubbed)
 
+  @parameterized.parameters(('paper', 'softmax_kl', 'bernoulli_kl'),
+                            ('clean', 'bernoulli_kl', 'softmax_kl'))
+  def test_multilabel_scrub_kl_follows_the_protocol(self, protocol, kl,
+                                                     other_kl):
+    """Multi-label SCRUB's KL: a softmax over the 3 attribute logits under
+    `paper` (the reference's), per-attribute Bernoulli under `clean`."""
+    ctx, original = tiny_context(task='multilabel', protocol=protocol,
+                                 epochs=1)
+    distillation = unlearning.METHODS['scrub'].stages(ctx)[0].objectives[
+        'retain']
+    images = jnp.asarray(ctx.data['retain']['image'][:BATCH] / 255.0,
+                         jnp.float32)
+    labels = jnp.asarray(ctx.data['retain']['label'][:BATCH])
+    variables = engine.member(original, 0)
+    student = lambda: engine.Forward(ctx.engine.model, variables['params'],
+                                     variables['batch_stats'], train=True)
+    teacher = engine.Forward(ctx.engine.model, variables['params'],
+                             variables['batch_stats'], train=False)
+    inputs = engine.Inputs({'retain': (images, labels)}, jax.random.key(0),
+                           'sigmoid', {'original': teacher})
+    prepared = distillation.prepare(student(), inputs)
+    _, measured = distillation.loss(student(), inputs, prepared)
+    student_logits = student()(images)
+    by = lambda name: float(16 * getattr(scrub, name)(
+        teacher(images) / 4, student_logits / 4).mean())
+    self.assertAlmostEqual(float(measured['kl']), by(kl), places=5)
+    self.assertGreater(abs(by(kl) - by(other_kl)), 1e-4)
+
   def test_eval_mode_quirk_keeps_running_statistics(self):
     for protocol, frozen_stats in (('paper', True), ('clean', False)):
       ctx, original = tiny_context(protocol=protocol, epochs=1)
