@@ -1,0 +1,233 @@
+"""Masked Small Gradients (MSG): re-initialise the convolution weights whose
+retain-minus-forget gradient is smallest, then fine-tune with the others
+damped.
+
+The NeurIPS 2023 Machine Unlearning challenge's 2nd-placed Kaggle entry, as
+DeepUnlearn re-implemented it (Cadet, Gayet et al., "Deep Unlearn:
+Benchmarking Machine Unlearning for Image Classification", arXiv 2410.01276,
+2024; github.com/xcadet/deepunlearn, munl/unlearning/kgltop2.py, `KGLTop2`,
+'MSG' in munl/settings.py). As the reference:
+
+1. One gradient, summed over batches of mean losses: the task loss on a
+   random subset of retain as large as forget, minus the task loss on forget
+   (`get_grads_for_snip`: `loss.backward()` on retain, then on `-loss` on
+   forget, into the same `.grad`). mufax sums the two in passes of their own
+   ('retain_gradients', 'forget_gradients'; `gradient_sum`) and subtracts.
+   The model is in train mode there, as the reference left it, so BatchNorm
+   normalises by each batch.
+2. In every convolution (the stem's, the blocks' and the shortcuts'), the
+   `init_rate` fraction of the kernel's elements with the smallest |gradient|
+   (per layer: `round(init_rate * size)` of them) are drawn afresh from the
+   layer's initialisation, kaiming_normal_(mode='fan_out') (the N(0, 2 /
+   fan_out) of `models.conv_init`, from the member's key); the rest keep
+   their values (`re_init_model_snip_ver2_little_grad`).
+3. SGD with momentum on retain, the convolutions' gradients multiplied by 1
+   on the re-initialised elements and by 0.1 on the others (the reference's
+   `Masker` autograd function); BatchNorm and the head train at full rate.
+   The learning rate follows the reference's `LinearAnnealingLR`, stepped per
+   epoch: up linearly over (epochs + 1) // 2 epochs, then down
+   (lr x [1/3, 2/3, 1, 2/3, 1/3] for 5 epochs).
+
+Where mufax departs from the reference: no weight decay (it used 5e-4); each
+epoch is a stage of its own, at its learning rate, so the momentum buffer
+restarts at each epoch; the gradient passes' BatchNorm running statistics are
+not kept (the reference's train-mode passes moved them; the fine-tuning in
+train mode that follows renews them); the task loss is the task's (sigmoid
+cross-entropy on multi-label MUCAC; the reference knew only softmax); the
+retain gradient pass batches by `batch_size` (the reference fixed 64, also
+the default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mufax import engine
+from mufax.unlearning import core
+from mufax.unlearning import finetune
+from mufax.unlearning import loops
+
+_SOURCE = ('Cadet, Gayet et al. 2024 (DeepUnlearn), github.com/xcadet/'
+           'deepunlearn, munl/unlearning/kgltop2.py')
+# The stream that draws the retain subset of the gradient pass.
+_SUBSET_STREAM = 3
+
+
+def forget_loss(forward, inputs, prepared):
+  del prepared
+  return inputs.loss(forward(inputs.images('forget')),
+                     inputs.labels('forget')), {}
+
+
+FORGET_LOSS = engine.Objective(forget_loss)
+
+
+def is_conv_kernel(path, leaf) -> bool:
+  """Whether one model's params leaf is a convolution kernel ([H, W, in,
+  out]; the head's kernel is 2-D)."""
+  return getattr(path[-1], 'key', None) == 'kernel' and np.ndim(leaf) == 4
+
+
+def small_gradient_mask(gradient: jax.Array, fraction: float) -> jax.Array:
+  """True on the `round(fraction * size)` elements of smallest |gradient|
+  (one model's kernel; ties go to the lower flat index)."""
+  size = int(np.prod(gradient.shape))
+  count = round(fraction * size)
+  flat = jnp.abs(gradient).reshape(-1)
+  chosen = jnp.argsort(flat, stable=True)[:count]
+  return jnp.zeros(size, bool).at[chosen].set(True).reshape(gradient.shape)
+
+
+def conv_init_std(shape) -> float:
+  """The standard deviation of `models.conv_init` for a kernel [H, W, in,
+  out]: torch's kaiming_normal_(mode='fan_out', nonlinearity='relu'),
+  sqrt(2 / (H * W * out))."""
+  return float(np.sqrt(2.0 / (np.prod(shape[:-2]) * shape[-1])))
+
+
+def _masks(measurements, fraction):
+  """One model's {conv kernel: elements to re-initialise} (a False scalar
+  on every other leaf), by the gradient Σ ∇(retain loss) − Σ ∇(forget
+  loss) of its `measurements`."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, r, f: (small_gradient_mask(r - f, fraction)
+                          if is_conv_kernel(path, r)
+                          else jnp.zeros((), bool)),
+      measurements['retain_gradients'], measurements['forget_gradients'])
+
+
+@functools.partial(jax.jit, static_argnums=3)
+@functools.partial(jax.vmap, in_axes=(0, 0, 0, None))
+def _reinitialise(params, measurements, rng, fraction):
+  """One model's params with its masked conv elements drawn afresh from the
+  layer's initialisation; one normal draw from `rng` serves every layer (a
+  single random program, where a draw per layer shape would compile one
+  each)."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  masks = treedef.flatten_up_to(_masks(measurements, fraction))
+  convs = [i for i, (path, p) in enumerate(leaves) if is_conv_kernel(path, p)]
+  normal = jax.random.normal(
+      rng, (sum(leaves[i][1].size for i in convs),), jnp.float32)
+  out, start = [p for _, p in leaves], 0
+  for i in convs:
+    p = out[i]
+    fresh = normal[start:start + p.size].reshape(p.shape) * conv_init_std(
+        p.shape)
+    start += p.size
+    out[i] = jnp.where(masks[i], fresh.astype(p.dtype), p)
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+@functools.partial(jax.vmap, in_axes=(0, None, None))
+def _scales(measurements, fraction, damping):
+  return jax.tree_util.tree_map_with_path(
+      lambda path, r, m: (jnp.where(m, 1.0, damping).astype(r.dtype)
+                          if is_conv_kernel(path, r) else jnp.ones_like(r)),
+      measurements['retain_gradients'], _masks(measurements, fraction))
+
+
+def _gradient_sums(measurements):
+  return {name: measurements[name]
+          for name in ('retain_gradients', 'forget_gradients')}
+
+
+def reinitialise(variables, measurements, rngs, *, fraction: float):
+  """`edit`: a population's variables with each member's small-gradient
+  convolution elements re-drawn from the convolutions' initialisation."""
+  return {**variables, 'params': _reinitialise(
+      variables['params'], _gradient_sums(measurements), rngs, fraction)}
+
+
+def gradient_scales(variables, measurements, rngs, *, fraction: float,
+                    damping: float):
+  """`gradient_scale`: 1 on the re-initialised elements and on every
+  parameter but the convolutions', `damping` on the other conv elements."""
+  del variables, rngs
+  return _scales(_gradient_sums(measurements), fraction, damping)
+
+
+def linear_annealing(lr: float, epochs: int) -> list[float]:
+  """The reference's `LinearAnnealingLR(num_annealing_steps=(epochs + 1) //
+  2, num_total_steps=epochs + 1)`, stepped after each epoch: epoch e runs at
+  its `_step_count` e + 1."""
+  up, total = (epochs + 1) // 2, epochs + 1
+  return [lr * s / up if s <= up else lr * (total - s) / (total - up)
+          for s in range(1, epochs + 1)]
+
+
+@dataclasses.dataclass(frozen=True)
+class MSGHparams(core.SGDHparams):
+  batch_size: int = core.hparam(
+      64, source=_SOURCE + ', KGLTop2.ORIGINAL_BATCH_SIZE (the retain '
+      'gradient pass\'s batch_size=64 too; mufax uses this for both '
+      'gradient passes)', minimum=1)
+  lr: float = core.hparam(0.001, source=_SOURCE + ', KGLTop2.ORIGINAL_LR',
+                          positive=True)
+  epochs: int = core.hparam(5, source=_SOURCE + ', KGLTop2.ORIGINAL_NUM_EPOCHS',
+                            minimum=1)
+  momentum: float = core.hparam(
+      0.9, source=_SOURCE + ', KGLTop2.ORIGINAL_MOMENTUM', minimum=0.0,
+      maximum=1.0)
+  # Fraction of each convolution's elements re-initialised.
+  init_rate: float = core.hparam(
+      0.3, source=_SOURCE + ', KGLTop2.ORIGINAL_INIT_RATE', minimum=0.0,
+      maximum=1.0)
+  # Gradient multiplier of the conv elements kept.
+  kept_gradient_scale: float = core.hparam(
+      0.1, source=_SOURCE + ', re_init_model_snip_ver2_little_grad '
+      '(grad_mask[grad_mask == 0] += 0.1)', minimum=0.0)
+
+
+def retain_subset_plan(n_retain: int, n_forget: int, batch_size: int, *,
+                       seed: int) -> loops.Plan:
+  """A random subset of retain as large as forget, in batches (the
+  reference's `randperm(len(retain))[:len(forget)]`, shuffled)."""
+  order = np.random.default_rng([seed, _SUBSET_STREAM]).permutation(
+      n_retain)[:n_forget]
+  return [{'retain': order[i:i + batch_size]}
+          for i in range(0, len(order), batch_size)]
+
+
+@core.register('msg')
+class MSG(core.SGDMethod):
+  Hparams = MSGHparams
+
+  def stages(self, ctx):
+    hp = self.hparams(ctx)
+    bn_train = ctx.bn_train()
+    measure = dict(objectives={'retain': finetune.RETAIN_LOSS,
+                               'forget': FORGET_LOSS},
+                   learning_rate=0.0, bn_train=bn_train, epochs=1,
+                   optimizer='gradient_sum')
+    stages = [
+        core.Stage(row=None, name='retain_gradients',
+                   plan=core.step_plan('retain', retain_subset_plan(
+                       ctx.size('retain'), ctx.size('forget'),
+                       hp.batch_size, seed=ctx.seed)), **measure),
+        core.Stage(row=None, name='forget_gradients',
+                   plan=core.step_plan('forget', loops.passes(
+                       'forget', ctx.size('forget'), hp.batch_size, epochs=1,
+                       seed=ctx.seed)), **measure),
+    ]
+    scales = functools.partial(gradient_scales, fraction=hp.init_rate,
+                               damping=hp.kept_gradient_scale)
+    edit = functools.partial(reinitialise, fraction=hp.init_rate)
+    for epoch, lr in enumerate(linear_annealing(hp.lr, hp.epochs)):
+      last = epoch == hp.epochs - 1
+      stages.append(core.Stage(
+          row='msg' if last else None,
+          name=f'msg epoch {epoch + 1}/{hp.epochs}',
+          plan=core.step_plan('retain', loops.passes(
+              'retain', ctx.size('retain'), hp.batch_size, epochs=1,
+              seed=ctx.seed, first_epoch=epoch)),
+          objectives={'retain': finetune.RETAIN_LOSS}, learning_rate=lr,
+          bn_train=bn_train, epochs=1, optimizer='scaled_sgd',
+          momentum=hp.momentum, edit=edit if epoch == 0 else None,
+          gradient_scale=scales))
+    return stages
