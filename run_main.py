@@ -26,6 +26,7 @@ from mufax import engine
 from mufax import experiment
 from mufax import files
 from mufax import plugins
+from mufax import train
 from mufax.data.errors import DataError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -50,7 +51,7 @@ def main(argv):
   try:
     records = experiment.run(_CONFIG.value, workdir)
   except (DataError, experiment.ConfigError, engine.PopulationTooLarge,
-          engine.Diverged, files.WorkdirInUse) as e:
+          engine.Diverged, files.WorkdirInUse, train.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
   print(experiment.format_table(records))

@@ -191,6 +191,9 @@ class Inputs:
   loss_kind: str
   teachers: Mapping[str, Callable[[jax.Array], jax.Array]] = (
       dataclasses.field(default_factory=dict))
+  # The member's update steps so far in this run of a stage (0 first), for
+  # objectives that change over a stage (an ℓ1 weight that decays).
+  step: jax.Array | int = 0
 
   def teacher(self, images: jax.Array, name: str = 'original') -> jax.Array:
     """The logits of teacher `name` on `images`."""
@@ -221,12 +224,14 @@ class Objective:
 
 @dataclasses.dataclass(frozen=True)
 class Update:
-  """One kind of update step: objective, optimizer, BatchNorm mode, and
-  which parameter groups train (None: all)."""
+  """One kind of update step: objective, optimizer, BatchNorm mode, which
+  parameter groups train (None: all), and whether batches are augmented
+  (the protocol's training transforms) or seen as stored."""
   objective: Objective
   tx: optax.GradientTransformation
   bn_train: bool = True
   trainable: frozenset[str] | None = None
+  augment: bool = True
 
 
 def sgd(learning_rate: float = 0.0,
@@ -505,10 +510,10 @@ def check_memory(needed: int, population: int, limit: int | None,
   fits = max(0, int((limit - fixed) // per_member))
   raise PopulationTooLarge(
       f'A population of {population} needs about {needed / 2**30:.2f} GiB per '
-      f'device and the device holds {limit / 2**30:.2f} GiB: at most {fits} '
-      f'member(s) fit; set config.population.size={fits} or less'
-      + (' (or use smaller images or a smaller model)' if fits == 0 else '')
-      + '.')
+      f'device and the device holds {limit / 2**30:.2f} GiB: '
+      + (f'at most {fits} member(s) fit; set config.population.size={fits} '
+         'or less.' if fits else
+         'not even one member fits; use smaller images or a smaller model.'))
 
 
 def tree_bytes(tree) -> int:
@@ -716,13 +721,14 @@ class Engine:
         images = jax.lax.with_sharding_constraint(
             preprocess(batch['image'], image_size),
             NamedSharding(mesh, batch_spec(mesh, indices[name].shape[0])))
-        batches[name] = (input_pipeline.augment(images,
-                                                jax.random.fold_in(rng, i)),
-                         batch['label'])
+        if update.augment:
+          images = input_pipeline.augment(images, jax.random.fold_in(rng, i))
+        batches[name] = (images, batch['label'])
       inputs = Inputs(batches, jax.random.fold_in(rng, len(indices)), loss,
                       {name: Forward(model, v['params'], v['batch_stats'],
                                      train=False)
-                       for name, v in (teachers or {}).items()})
+                       for name, v in (teachers or {}).items()},
+                      step=state.step)
       forward = Forward(model, state.params, state.batch_stats,
                         train=update.bn_train)
       objective = update.objective

@@ -234,7 +234,7 @@ def method_names(config) -> list[str]:
     for n in groups.get(name, (name,) if name else ()):
       if n not in names:
         names.append(n)
-  known = ['original', *unlearning.METHODS]
+  known = list(dict.fromkeys(groups['extended'] + ('oracle',)))
   unknown = [n for n in names if n not in known]
   if unknown or not names:
     raise ConfigError(

@@ -71,6 +71,23 @@ def _checkpoint_manager(directory: str) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
 
 
+class CheckpointError(ValueError):
+  """A checkpoint folder that cannot be resumed from; the message names it."""
+
+
+def _restore(manager, checkpoint_dir: str, step: int, **items):
+  """One item of checkpoint `step`; a folder that does not read back is
+  refused with its name rather than a traceback."""
+  (name, arg), = items.items()
+  try:
+    return manager.restore(step, args=ocp.args.Composite(**{name: arg}))[name]
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(
+        f'{checkpoint_dir}: the checkpoint of epoch {step} is corrupt or '
+        f'unreadable ({type(e).__name__}: {str(e)[:200]}); delete that '
+        'folder to train again.') from e
+
+
 def fit(recipe: Recipe, *, engine: engine_lib.Engine, split: str,
         seeds: Sequence[int], checkpoint_dir: str,
         eval_split: str | None = None, masks: np.ndarray | None = None,
@@ -108,16 +125,16 @@ def fit(recipe: Recipe, *, engine: engine_lib.Engine, split: str,
     state = engine.init(tx, seeds)
   else:
     # The fingerprint first: a checkpoint of other shapes would not restore.
-    meta = manager.restore(latest, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))['meta']
+    meta = _restore(manager, checkpoint_dir, latest,
+                    meta=ocp.args.JsonRestore())
     if meta['fingerprint'] != json.loads(json.dumps(fingerprint)):
-      raise ValueError(
+      raise CheckpointError(
           f'{checkpoint_dir} holds a checkpoint of a different run '
           f'({meta["fingerprint"]}); use another directory or delete it to '
           'start over.')
-    state = manager.restore(latest, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(
-            engine.abstract_state(tx, population))))['state']
+    state = _restore(manager, checkpoint_dir, latest,
+                     state=ocp.args.StandardRestore(
+                         engine.abstract_state(tx, population)))
     history = meta['history']
     engine_lib.log(f'resuming from the checkpoint of epoch {latest} in '
                    f'{checkpoint_dir}')

@@ -16,6 +16,7 @@ from mufax import engine
 from mufax import experiment
 from mufax import metrics
 from mufax import published
+from mufax import train
 from mufax import unlearning
 from mufax.data.errors import DataError
 
@@ -197,6 +198,33 @@ class RunTest(absltest.TestCase):
         engine.Diverged, r'original: training on train diverged: .* at step '
         r'\d+ of epoch 1 .*config\.original\.learning_rate'):
       experiment.run(config, self.create_tempdir().full_path)
+
+  def test_a_checkpoint_of_another_model_or_corrupt_is_named(self):
+    data_dir = self.create_tempdir().full_path
+    workdir = self.create_tempdir().full_path
+    config = tiny_config(data_dir)
+    config.methods = 'original'
+    config.original.epochs = 1
+    config.original.decay_epochs = ()
+    experiment.run(config, workdir)
+    folder = experiment.checkpoint_dir(config, workdir, 'original', (42,))
+    wider = config.copy_and_resolve_references()
+    wider.model.num_filters = 16
+    with self.assertRaisesRegex(train.CheckpointError,
+                                f'{folder} holds a checkpoint of a different '
+                                'run'):
+      experiment.run(wider, workdir)
+    for root, _, names in os.walk(os.path.join(folder, '1')):
+      for name in names:
+        with open(os.path.join(root, name), 'wb') as f:
+          f.write(b'not a checkpoint')
+    # results.json's row is reused without the checkpoint; a new table
+    # needs the model and finds it unreadable.
+    config.original.epochs = 2
+    with self.assertRaisesRegex(train.CheckpointError,
+                                f'{folder}: the checkpoint of epoch 1 is '
+                                'corrupt or unreadable'):
+      experiment.run(config, workdir)
 
   def test_command_line_error_exits_non_zero_with_a_message(self):
     result = subprocess.run(

@@ -357,7 +357,10 @@ class PopulationTest(parameterized.TestCase):
     results = []
     _, start = tiny_context(jax.devices()[:1])
     for devices in (jax.devices()[:1], jax.devices()[:4]):
-      ctx, original = tiny_context(devices, epochs=1, lr=0.01)
+      # Without momentum: at momentum 0.9 and this rate (an effective 0.1)
+      # the tiny model's small train-mode BatchNorm batches amplify the
+      # devices' rounding beyond REL (SalUn: 1.8e-3; at momentum 0, 1.2e-5).
+      ctx, original = tiny_context(devices, epochs=1, lr=0.01, momentum=0.0)
       start = host(original)
       results.append({name: host(row.variables)
                       for name, row in rows_of(ctx, method,

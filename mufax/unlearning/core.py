@@ -206,6 +206,9 @@ class Stage:
   optimizer: str = 'sgd'
   momentum: float = 0.0
   name: str = ''
+  # False: batches as stored, without the training transforms (e.g. SSD's
+  # importances, measured on plain images as its reference does).
+  augment: bool = True
   # Population-level hooks, run at the stage's start with (variables,
   # measurements {name: sums}, rngs one key per member): `edit` returns the
   # variables to start from (e.g. dampened or re-initialised weights);
@@ -289,7 +292,7 @@ class SGDMethod(Method):
     engine, population = ctx.engine, len(ctx.seeds)
     update_tx, make_tx = engine_lib.OPTIMIZERS[stage.optimizer]
     updates = {key: engine_lib.Update(objective, update_tx, stage.bn_train,
-                                      stage.trainable)
+                                      stage.trainable, stage.augment)
                for key, objective in stage.objectives.items()}
     state = engine.state_from(
         variables, make_tx(stage.learning_rate, stage.momentum),

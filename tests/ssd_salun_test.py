@@ -1,0 +1,211 @@
+"""SSD and SalUn: what each edits, and what it leaves bit-identical."""
+
+import dataclasses
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import unlearning_test as ut
+from mufax.unlearning import random_labels
+from mufax.unlearning import salun
+from mufax.unlearning import ssd
+
+# A batch larger than either tiny split: one step per pass, so few programs
+# to compile.
+WHOLE = 128
+
+
+class RecordingSSD(ssd.SSD):
+  """SSD that keeps what its dampening saw: the importance sums and the
+  number of batches of each pass."""
+  seen = None
+
+  def stages(self, ctx):
+    stages = super().stages(ctx)
+    *measures, dampening = stages
+
+    def edit(variables, measurements, rngs):
+      self.seen = ({s.name: len(s.plan) for s in measures},
+                   ut.host(measurements))
+      return dampening.edit(variables, measurements, rngs)
+
+    return measures + [dataclasses.replace(dampening, edit=edit)]
+
+
+class RecordingSalUn(salun.SalUn):
+  """SalUn that keeps its forget gradient sums and the mask it used."""
+  seen = None
+
+  def stages(self, ctx):
+    saliency, unlearn = super().stages(ctx)
+
+    def gradient_scale(variables, measurements, rngs):
+      mask = unlearn.gradient_scale(variables, measurements, rngs)
+      self.seen = (ut.host(measurements[salun.SALIENCY]), ut.host(mask))
+      return mask
+
+    return [saliency,
+            dataclasses.replace(unlearn, gradient_scale=gradient_scale)]
+
+
+def leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+class SSDTest(parameterized.TestCase):
+
+  def test_plan_covers_each_split_once_and_straddles_the_boundary(self):
+    retain, forget = np.arange(10)[::-1], np.arange(7)
+    plan = ssd.plan_batches([('retain', retain), ('forget', forget)], 4)
+    self.assertEqual([{k: len(v) for k, v in step.items()} for step in plan],
+                     [{'retain': 4}, {'retain': 4},
+                      {'retain': 2, 'forget': 2}, {'forget': 4},
+                      {'forget': 1}])
+    for name, order in (('retain', retain), ('forget', forget)):
+      np.testing.assert_array_equal(
+          np.concatenate([s[name] for s in plan if name in s]), order)
+
+  def test_dampen_follows_the_rule(self):
+    p = jnp.array([1.0, -2.0, 3.0, 4.0, 5.0])
+    forget = jnp.array([10.0, 30.0, 1.0, 0.0, 50.0])
+    train = jnp.array([2.0, 2.0, 1.0, 0.0, 1.0])
+    out = ssd.dampen({'w': p}, {'w': forget}, {'w': train}, alpha=10.0,
+                     dampening=1.0)['w']
+    # Selected where forget > 10 * train: elements 1 and 4, scaled by
+    # train / forget; 10 > 20 is not selected, nor 0 > 0.
+    np.testing.assert_allclose(out, [1.0, -2.0 * 2 / 30, 3.0, 4.0,
+                                     5.0 / 50], rtol=1e-6)
+    # The bound: lambda * train / forget above 1 leaves the weight as is.
+    out = ssd.dampen({'w': p}, {'w': forget}, {'w': train}, alpha=1.0,
+                     dampening=100.0)['w']
+    np.testing.assert_array_equal(out, p)
+
+  def test_dampens_only_the_selected_elements(self):
+    method = RecordingSSD('ssd')
+    ctx, original = ut.tiny_context(batch_size=WHOLE)
+    start = ut.host(original)
+    row, = method.run(ctx, original)
+    end = ut.host(row.variables)
+    counts, sums = method.seen
+    self.assertEqual(counts, {ssd.FORGET: 1, ssd.TRAIN: 1})
+    hp = method.hparams(ctx)
+    changed = 0
+    for p0, p1, f, t in zip(leaves(start['params']), leaves(end['params']),
+                            leaves(sums[ssd.FORGET]),
+                            leaves(sums[ssd.TRAIN])):
+      f, t = f / counts[ssd.FORGET], t / counts[ssd.TRAIN]
+      selected = f > hp.alpha * t
+      # Everything off the selection is bit-identical.
+      np.testing.assert_array_equal(p1[~selected], p0[~selected])
+      factor = np.minimum(hp.dampening * t[selected] / f[selected], 1.0)
+      np.testing.assert_allclose(p1[selected], p0[selected] * factor,
+                                 rtol=1e-6, atol=0)
+      changed += int((p1 != p0).sum())
+    self.assertGreater(changed, 0)
+    jax.tree.map(np.testing.assert_array_equal, start['batch_stats'],
+                 end['batch_stats'])
+
+  def test_huge_alpha_changes_only_what_train_never_moved(self):
+    """No element is selected, except where the train importance is exactly
+    0 (f > alpha * 0 for any alpha, in the reference too): those, if any,
+    are zeroed. Augmented views make such elements common in the tiny,
+    mostly-dead random model."""
+    method = RecordingSSD('ssd')
+    ctx, original = ut.tiny_context(batch_size=WHOLE, alpha=1e20)
+    start = ut.host(original)
+    row, = method.run(ctx, original)
+    end = ut.host(row.variables)
+    _, sums = method.seen
+    for p0, p1, f, t in zip(leaves(start['params']), leaves(end['params']),
+                            leaves(sums[ssd.FORGET]),
+                            leaves(sums[ssd.TRAIN])):
+      zeroed = (t == 0) & (f > 0)
+      np.testing.assert_array_equal(p1[~zeroed], p0[~zeroed])
+      np.testing.assert_array_equal(p1[zeroed], 0.0)
+    jax.tree.map(np.testing.assert_array_equal, start['batch_stats'],
+                 end['batch_stats'])
+
+
+class SalUnTest(parameterized.TestCase):
+
+  @parameterized.parameters(0.1, 0.5, 0.73, 1.0)
+  def test_mask_keeps_the_largest_fraction_globally(self, ratio):
+    rng = np.random.default_rng(0)
+    grads = {'a': rng.normal(size=(7, 5)).astype(np.float32),
+             'b': {'c': rng.normal(size=(13,)).astype(np.float32)}}
+    mask = salun.saliency_mask(grads, ratio)
+    flat_mask = np.concatenate([m.ravel() for m in leaves(mask)])
+    flat = np.abs(np.concatenate([g.ravel() for g in leaves(grads)]))
+    self.assertEqual(flat_mask.sum(), int(flat.size * ratio))
+    self.assertTrue(set(np.unique(flat_mask)) <= {0.0, 1.0})
+    if 0 < ratio < 1:
+      self.assertGreater(flat[flat_mask == 1].min(),
+                         flat[flat_mask == 0].max())
+
+  def test_mask_density_is_exact_under_ties(self):
+    mask = salun.saliency_mask({'a': np.ones((10, 3), np.float32),
+                                'b': np.zeros((5,), np.float32)}, 0.5)
+    self.assertEqual(sum(m.sum() for m in leaves(mask)), 17)
+    # The 17 largest: all 30 ones tie, the zeros never win.
+    self.assertEqual(np.asarray(mask['b']).sum(), 0)
+
+  def test_only_masked_weights_move(self):
+    method = RecordingSalUn('salun')
+    ctx, original = ut.tiny_context(task='multilabel', batch_size=WHOLE,
+                                    lr=0.05, epochs=2)
+    start = ut.host(original)
+    row, = method.run(ctx, original)
+    end = ut.host(row.variables)
+    sums, mask = method.seen
+    total = sum(m.size for m in leaves(mask))
+    masked = sum(int(m.sum()) for m in leaves(mask))
+    self.assertEqual(masked, int(total * 0.5))
+    # The mask is the top half of |forget gradient| over all parameters.
+    g = np.abs(np.concatenate([x.ravel() for x in leaves(sums)]))
+    m = np.concatenate([x.ravel() for x in leaves(mask)])
+    self.assertGreaterEqual(g[m == 1].min(), g[m == 0].max())
+    moved = 0
+    for p0, p1, keep in zip(leaves(start['params']), leaves(end['params']),
+                            leaves(mask)):
+      keep = keep == 1
+      np.testing.assert_array_equal(p1[~keep], p0[~keep])
+      moved += int((p1[keep] != p0[keep]).sum())
+    self.assertGreater(moved, masked // 10)
+    self.assertTrue(all(np.isfinite(p).all()
+                        for p in leaves(end['params'])))
+
+
+class RandomOtherLabelsTest(parameterized.TestCase):
+
+  @parameterized.parameters((8, np.int64), (2, np.int32))
+  def test_softmax(self, classes, dtype):
+    labels = np.tile(np.arange(classes), 500).astype(dtype)
+    out = np.asarray(random_labels.random_other_labels(
+        jax.random.key(0), labels, classes, 'softmax'))
+    self.assertEqual(out.shape, labels.shape)
+    self.assertEqual(out.dtype, jnp.asarray(labels).dtype)
+    self.assertFalse((out == labels).any())
+    self.assertTrue(((out >= 0) & (out < classes)).all())
+    # Every other class is drawn, about equally often.
+    counts = np.bincount(out[labels == 0], minlength=classes)
+    self.assertEqual(counts[0], 0)
+    self.assertGreater(counts[1:].min(), 0.5 * 500 / (classes - 1))
+
+  def test_sigmoid(self):
+    labels = np.random.default_rng(0).integers(0, 2, (4000, 3))
+    out = np.asarray(random_labels.random_other_labels(
+        jax.random.key(1), labels, 3, 'sigmoid'))
+    self.assertEqual(out.shape, labels.shape)
+    self.assertEqual(out.dtype, jnp.asarray(labels).dtype)
+    self.assertTrue(np.isin(out, (0, 1)).all())
+    self.assertTrue((out != labels).any(axis=-1).all())
+    # All 7 other vectors are drawn: any subset of attributes may flip.
+    flips = ((out != labels) * (1 << np.arange(3))).sum(-1)
+    self.assertEqual(set(np.unique(flips)), set(range(1, 8)))
+
+
+if __name__ == '__main__':
+  absltest.main()
