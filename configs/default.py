@@ -41,6 +41,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.methods = 'original'
   # protocol §4 recipes of the models trained from scratch.
   config.original = recipe_overrides()
+  # A folder of `python -m mufax.convert` (a reference .pth): the original
+  # model, instead of one trained here.
+  config.original.checkpoint = ''
   config.retrain = recipe_overrides()
   # Each method's hyperparameters (docs/protocol.md §5), as the method
   # declares them: config.unlearn.<method>.<name>, e.g.

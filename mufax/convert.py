@@ -5,7 +5,9 @@ r"""Turns a reference PyTorch checkpoint into an Orbax checkpoint of mufax.
 Accepts what the reference notebooks save (`torch.save(model.state_dict())`),
 a whole pickled model, or a dict holding the state_dict under `state_dict` or
 `model`. The architecture (stage sizes, width, outputs) is read off the keys
-and shapes, and saved beside the variables so that `load` rebuilds the model.
+and shapes, and saved beside the variables (with the image size it was trained at) so
+that `load` rebuilds the model; `--config.original.checkpoint=DIR` makes it
+the original model of a run.
 Needs torch, an optional dependency of this command only.
 """
 
@@ -69,18 +71,24 @@ def convert(state_dict: Mapping[str, Any]) -> tuple[dict, dict]:
   return arch, models.from_torch_state_dict(state_dict, template)
 
 
+# The reference trains and evaluates on 128x128 images (protocol §2.3).
+REFERENCE_IMAGE_SIZE = 128
+
+
 def save(directory: str, arch: Mapping[str, Any], variables,
-         source: str = '') -> None:
+         source: str = '', image_size: int = REFERENCE_IMAGE_SIZE) -> None:
   with ocp.CheckpointManager(os.path.abspath(directory)) as manager:
     manager.save(0, args=ocp.args.Composite(
         variables=ocp.args.StandardSave(variables),
         meta=ocp.args.JsonSave({'architecture': dict(arch),
-                                'source': source})))
+                                'source': source,
+                                'image_size': image_size})))
     manager.wait_until_finished()
 
 
-def load(directory: str) -> tuple[models.ResNet, dict]:
-  """The model and variables of a checkpoint written by `save`."""
+def load(directory: str) -> tuple[models.ResNet, dict, int]:
+  """The model, variables and training image size of a checkpoint written
+  by `save`."""
   with ocp.CheckpointManager(os.path.abspath(directory)) as manager:
     step = manager.latest_step()
     if step is None:
@@ -88,32 +96,38 @@ def load(directory: str) -> tuple[models.ResNet, dict]:
     restored = manager.restore(step, args=ocp.args.Composite(
         variables=ocp.args.StandardRestore(),
         meta=ocp.args.JsonRestore()))
-  arch = dict(restored['meta']['architecture'])
+  meta = restored['meta']
+  arch = dict(meta['architecture'])
   arch['stage_sizes'] = tuple(arch['stage_sizes'])
-  return models.ResNet(**arch), restored['variables']
-
-
-_TORCH_CHECKPOINT = flags.DEFINE_string(
-    'torch_checkpoint', None, 'A .pth file saved by the reference code.')
-_OUT = flags.DEFINE_string('out', None, 'Folder of the Orbax checkpoint.')
+  return (models.ResNet(**arch), restored['variables'],
+          meta.get('image_size', REFERENCE_IMAGE_SIZE))
 
 
 def main(argv):
   del argv
+  args = flags.FLAGS
   try:
-    state_dict = read_torch_checkpoint(_TORCH_CHECKPOINT.value)
+    state_dict = read_torch_checkpoint(args.torch_checkpoint)
     arch, variables = convert(state_dict)
   except ImportError:
     sys.exit('Converting needs torch: pip install torch')
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f'error: {e}')
-  if os.path.exists(_OUT.value) and os.listdir(_OUT.value):
-    sys.exit(f'error: {_OUT.value} is not empty; choose a new folder.')
-  save(_OUT.value, arch, variables, source=os.path.abspath(
-      _TORCH_CHECKPOINT.value))
-  print(f'wrote {_OUT.value}: ResNet {arch}')
+  if os.path.exists(args.out) and os.listdir(args.out):
+    sys.exit(f'error: {args.out} is not empty; choose a new folder.')
+  save(args.out, arch, variables, source=os.path.abspath(
+      args.torch_checkpoint), image_size=args.image_size)
+  print(f'wrote {args.out}: ResNet {arch}')
 
 
 if __name__ == '__main__':
+  # The command's flags, defined only when it runs: run_main.py imports this
+  # module and must not accept them.
+  flags.DEFINE_string('torch_checkpoint', None,
+                      'A .pth file saved by the reference code.')
+  flags.DEFINE_string('out', None, 'Folder of the Orbax checkpoint.')
+  flags.DEFINE_integer('image_size', REFERENCE_IMAGE_SIZE,
+                       'The image size the model was trained at (the '
+                       'reference: 128).')
   flags.mark_flags_as_required(['torch_checkpoint', 'out'])
   app.run(main)

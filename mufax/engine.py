@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mufax import input_pipeline
@@ -79,7 +80,37 @@ def members(tree) -> int:
 
 def member(tree, k: int):
   """Member `k` of a population, as a single model's tree (host arrays)."""
-  return jax.tree.map(lambda x: np.asarray(x)[k], tree)
+  return jax.tree.map(lambda x: x[k], to_host(tree))
+
+
+def put(tree, sharding: NamedSharding):
+  """`jax.device_put` onto `sharding`, which may span the devices of several
+  processes (each passing the same values); PRNG keys, which cannot be put
+  there whole, travel as their data."""
+
+  def one(x):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(
+        x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(
+          jax.device_put(jax.random.key_data(x), sharding),
+          impl=jax.random.key_impl(x))
+    return jax.device_put(x, sharding)
+
+  return jax.tree.map(one, tree)
+
+
+def to_host(tree):
+  """`tree`'s arrays as numpy arrays. An array spread over the devices of
+  several processes is gathered from all of them: every process must then
+  call this at the same point, as it does every other computation."""
+
+  def fetch(x):
+    if (isinstance(x, jax.Array) and not x.is_fully_addressable
+        and not x.is_fully_replicated):
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+  return jax.tree.map(fetch, tree)
 
 
 # ------------------------------------------------------------------- devices
@@ -849,7 +880,7 @@ class Engine:
             mesh, P(None, MODEL_AXIS, *batch_spec(mesh, a.shape[2]))))
                       for role, a in group_arrays.items()}
               for group, group_arrays in arrays.items()}
-    rngs = jax.device_put(rngs, member_sharding(mesh))
+    rngs = put(rngs, member_sharding(mesh))
     if teachers is not None:
       teachers = {name: self.put_members(t, population)
                   for name, t in teachers.items()}
@@ -875,6 +906,10 @@ class Engine:
       i = first
       while i < stop:
         count = self._chunk(group, stop - i)
+        if jax.process_count() > 1:
+          # Every process must run the same programs; the chunks follow
+          # process 0's timing.
+          count = int(multihost_utils.broadcast_one_to_all(np.int32(count)))
         bounds = ((np.int32(i),) if self.step_by_step
                   else (np.int32(i), np.int32(i + count)))
         compiled = self.compiler(program, state, buffers[group], data,
@@ -902,12 +937,18 @@ class Engine:
             a.shape[2] for a in arrays[group].values())
         i += count
         now = time.perf_counter()
-        if label and now - last_log >= self.log_every_s and done < total:
+        if (label and now - last_log >= self.log_every_s and done < total
+            and jax.process_index() == 0):
           last_log = now
-          loss = np.asarray(buffers[group]['loss'][i - 1]).mean()
+          # This process's members only: a progress line must not start a
+          # computation the other processes do not run.
+          losses_so_far = buffers[group]['loss']
+          if not losses_so_far.is_fully_addressable:
+            losses_so_far = losses_so_far.addressable_shards[0].data
+          loss = np.asarray(losses_so_far[i - 1]).mean()
           log(f'  {label} step {done}/{total}: '
               f'{images / running:.1f} img/s, loss {loss:.4f}')
-    host = {g: jax.device_get(b) for g, b in buffers.items()}
+    host = to_host(buffers)
     measured: dict[str, list] = {}
     for group, first, stop in segments:
       for name, values in host[group].items():
@@ -988,7 +1029,6 @@ class Engine:
       logits.append(z)
       per_sample.append(l)
     # [calls][members, batch, ...] -> [members, n, ...]
-    logits = np.concatenate([np.asarray(z) for z in logits], axis=1)[:, :n]
-    per_sample = np.concatenate([np.asarray(l) for l in per_sample],
-                                axis=1)[:, :n]
+    logits = np.concatenate(to_host(logits), axis=1)[:, :n]
+    per_sample = np.concatenate(to_host(per_sample), axis=1)[:, :n]
     return {'logits': logits, 'loss': per_sample}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import re
@@ -16,9 +17,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from mufax import convert
 from mufax import engine as engine_lib
 from mufax import evaluation
 from mufax import files
@@ -71,10 +74,18 @@ class Task:
 def load_task(config: ml_collections.ConfigDict) -> Task:
   """Prepares the config's dataset if needed and reads every split."""
   task = tasks.task_of(config.data.dataset)
-  builder = prepare.prepare(
-      config.data.dataset,
+  prepared = functools.partial(
+      prepare.prepare, config.data.dataset,
       data_dir=config.data.data_dir or prepare.DEFAULT_DATA_DIR,
       manual_dir=config.data.manual_dir or None)
+  # Of several processes, process 0 prepares the data first; the others then
+  # find it prepared (or prepare their own copy, on a disk of their own).
+  if jax.process_index() == 0:
+    builder = prepared()
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('mufax: data prepared')
+  if jax.process_index() != 0:
+    builder = prepared()
   loss, num_outputs = losses_lib.loss_kind(builder.info.features['label'])
   start = time.perf_counter()
   data = {split: input_pipeline.read_split(builder.as_data_source(split))
@@ -159,11 +170,53 @@ def train_from_scratch(kind: str, config, *, engine: engine_lib.Engine,
     raise engine_lib.Diverged(f'{kind}: {e}: lower '
                               f'config.{kind}.learning_rate.') from e
   return unlearning.Row(
-      kind, state.variables, update_steps=int(np.asarray(state.step)[0]),
+      kind, state.variables, update_steps=int(engine_lib.to_host(state.step)[0]),
       seconds=sum(h['seconds'] for h in history),
       compile_seconds=sum(h.get('compile_seconds', 0.0) for h in history),
       flops=sum(h.get('flops', 0.0) for h in history),
       settings=dataclasses.asdict(r) | {'batch_norm': 'train'})
+
+
+def converted_original(config, engine: engine_lib.Engine,
+                       task: Task) -> unlearning.Row:
+  """The original model of `config.original.checkpoint` (a folder of
+  `python -m mufax.convert`), refused with the reason where it does not fit
+  the run."""
+  folder = config.original.checkpoint
+  where = f'config.original.checkpoint={folder}'
+  try:
+    model, variables, trained_at = convert.load(folder)
+  except FileNotFoundError as e:
+    raise ConfigError(f'{where}: {e}') from e
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f'{where}: not a folder written by python -m '
+                      f'mufax.convert ({type(e).__name__}).') from e
+  if model.num_outputs != task.num_outputs:
+    raise ConfigError(
+        f'{where}: its head has {model.num_outputs} outputs, and '
+        f'{task.dataset} ({task.name}) needs {task.num_outputs}: convert the '
+        'model trained for this task.')
+  if trained_at != engine.input_size:
+    raise ConfigError(
+        f'{where}: the model was trained on {trained_at}x{trained_at} images '
+        f'and this run feeds it {engine.input_size}x{engine.input_size}: set '
+        f'config.data.image_size={trained_at} (or convert with the right '
+        '--image_size).')
+  shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)
+  expected = jax.eval_shape(lambda: models.init_variables(
+      engine.model, jax.random.key(0), engine.input_size))
+  if shapes(expected) != shapes(variables):
+    raise ConfigError(
+        f'{where}: a ResNet with stages {list(model.stage_sizes)} and width '
+        f'{model.num_filters}, and config.model ({config.model.name}, '
+        f'num_filters {config.model.num_filters or "its own"}) builds '
+        'another: set config.model to match it.')
+  engine_lib.log(f'original: read from {folder}')
+  return unlearning.Row(
+      'original', engine.put_members(
+          jax.tree.map(lambda x: np.asarray(x)[None], variables), 1),
+      update_steps=0, seconds=0.0,
+      settings={'checkpoint': os.path.abspath(folder)})
 
 
 def evaluate_model(variables, *, engine: engine_lib.Engine, task: Task,
@@ -271,6 +324,12 @@ def check_config(config) -> list[str]:
   if not config.population.size >= 1:
     raise ConfigError(f'config.population.size={config.population.size} '
                       'must be at least 1.')
+  if (config.original.checkpoint and config.population.size > 1
+      and not config.population.shared_original):
+    raise ConfigError(
+        f'config.original.checkpoint={config.original.checkpoint} is one '
+        'model: with config.population.size > 1 set '
+        'config.population.shared_original=true.')
   if not config.population.members_per_call >= 0:
     raise ConfigError('config.population.members_per_call='
                       f'{config.population.members_per_call} must be at least '
@@ -317,7 +376,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     files.WorkdirInUse: while another run holds `workdir`.
   """
   names = check_config(config)
-  with files.exclusive(workdir):
+  with files.exclusive(workdir, jax.process_index()):
     return _run(config, workdir, names)
 
 
@@ -326,6 +385,12 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
   enable_compilation_cache(config, workdir)
   task = load_task(config)
   engine = make_engine(config, task)
+  if engine.input_size > engine.stored_size:
+    raise ConfigError(
+        f'config.data.image_size={config.data.image_size} is larger than the '
+        f'stored {engine.stored_size}x{engine.stored_size} images of '
+        f'{config.data.dataset}: enlarging adds no detail; use '
+        f'{engine.stored_size} or less.')
   seeds = seeds_of(config)
   engine_lib.log(f'{jax.device_count()} {jax.default_backend()} device(s); '
                  f'methods: {", ".join(names)}')
@@ -352,7 +417,13 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
       engine_lib.log(f'{name}: skipped, {e}')
       names.remove(name)
   done = previous_records(workdir, config)
+  # Only process 0 writes results; checkpoints are every process's.
+  primary = jax.process_index() == 0
   records, original = [], []
+
+  if config.original.checkpoint:
+    # Read (and refused if it does not fit) before anything trains.
+    original.append(converted_original(config, engine, task))
 
   def original_model() -> unlearning.Row:
     # Trained, resumed or restored from its checkpoint only when a row
@@ -370,13 +441,19 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
                      f'{workdir}')
       records += [done[r] for r in rows]
       continue
+    # Rows of a method killed part way are kept; it resumes after them.
+    records += [done[r] for r in rows if r in done]
     if name == 'original':
       produced = iter([original_model()])
     else:
+      method_ctx = dataclasses.replace(method_ctx, progress_dir=checkpoint_dir(
+          config, workdir, f'{name}-{settings_digest(config)}', seeds))
       produced = method.run(
           method_ctx,
           original_model().variables if method.needs_original else None)
     for row in produced:
+      if row.name in done:
+        continue
       row_seeds = seeds_of(config, row.name)
       record = {'method': row.name, 'dataset': task.dataset,
                 'task': task.name, 'protocol': config.protocol,
@@ -388,7 +465,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
       if row.diverged:
         # A result like any other: kept, shown, never recomputed.
         records.append(record | {'diverged': row.diverged} | cost)
-        write_results(workdir, records, config)
+        if primary:
+          write_results(workdir, records, config)
         continue
       measured, losses = evaluate_model(row.variables, engine=engine,
                                         task=task, lam=config.lam,
@@ -399,8 +477,12 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
                      + (f' (means of {len(row_seeds)} models)'
                         if len(row_seeds) > 1 else ''))
       records.append(record)
-      save_losses(workdir, row.name, losses)
-      write_results(workdir, records, config)
+      if primary:
+        save_losses(workdir, row.name, losses)
+        write_results(workdir, records, config)
+  if not primary:
+    # The extended evaluation reads the losses process 0 wrote.
+    return records
   evaluated = [r for r in records if 'diverged' not in r]
   extended = evaluation.evaluate(workdir, evaluated,
                                  task.splits['forget']['identity'])
@@ -429,29 +511,44 @@ def comparable_config(config: dict) -> dict:
   return config
 
 
+def settings_digest(config) -> str:
+  """Short hash of the settings that decide the results: a method's saved
+  progress is only resumed under the settings it was made with."""
+  return hashlib.sha256(json.dumps(comparable_config(config.to_dict()),
+                                   sort_keys=True).encode()).hexdigest()[:10]
+
+
 def previous_records(workdir: str, config) -> dict[str, dict]:
   """Rows of an earlier run in `workdir` with the same settings, by name."""
   path = os.path.join(workdir, 'results.json')
-  if not os.path.exists(path):
-    return {}
+  saved = {}
   try:
     with open(path) as f:
       saved = json.load(f)
+  except FileNotFoundError:
+    pass
   except (OSError, json.JSONDecodeError):
-    return {}
-  if comparable_config(saved.get('config', {})) != comparable_config(
-      config.to_dict()):
-    # Made with other settings: kept aside, not overwritten.
-    aside = os.path.join(workdir, 'previous', time.strftime('%Y%m%d-%H%M%S'))
-    os.makedirs(aside)
-    for name in RESULT_FILES:
-      if os.path.exists(os.path.join(workdir, name)):
-        os.rename(os.path.join(workdir, name), os.path.join(aside, name))
-    engine_lib.log(f'{workdir} held results of other settings; moved to {aside}')
-    return {}
-  return {r['method']: r for r in saved.get('records', [])
+    engine_lib.log(f'{path} is unreadable; its rows are computed again')
+  done = {r['method']: r for r in saved.get('records', [])
           if 'diverged' in r or os.path.exists(
               os.path.join(workdir, 'losses', f'{r["method"]}.npz'))}
+  if jax.process_count() > 1:
+    # Every process reads the same files before process 0 moves any.
+    multihost_utils.sync_global_devices('mufax: previous results read')
+  if saved and comparable_config(saved.get('config', {})) != comparable_config(
+      config.to_dict()):
+    # Made with other settings: kept aside, not overwritten.
+    if jax.process_index() == 0:
+      aside = os.path.join(workdir, 'previous',
+                           time.strftime('%Y%m%d-%H%M%S'))
+      os.makedirs(aside)
+      for name in RESULT_FILES:
+        if os.path.exists(os.path.join(workdir, name)):
+          os.rename(os.path.join(workdir, name), os.path.join(aside, name))
+      engine_lib.log(f'{workdir} held results of other settings; moved to '
+                     f'{aside}')
+    return {}
+  return done
 
 
 def write_results(workdir: str, records: list[dict], config,

@@ -4,10 +4,12 @@ population of models epoch by epoch through the engine, saving every epoch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable, Sequence
 
 import jax
@@ -86,6 +88,66 @@ def _restore(manager, checkpoint_dir: str, step: int, **items):
         f'{checkpoint_dir}: the checkpoint of epoch {step} is corrupt or '
         f'unreadable ({type(e).__name__}: {str(e)[:200]}); delete that '
         'folder to train again.') from e
+
+
+class Progress:
+  """A method's progress after each of its finished stages (the population's
+  variables, its gradient measurements and the bookkeeping of its rows), so
+  that a method killed inside resumes after its last finished stage rather
+  than from zero."""
+
+  def __init__(self, directory: str):
+    self.directory = directory
+    self._manager = None
+
+  def _open(self) -> ocp.CheckpointManager:
+    if self._manager is None:
+      self._manager = _checkpoint_manager(self.directory)
+    return self._manager
+
+  def restore(self) -> tuple[int, dict, dict] | None:
+    """(stages finished, arrays, bookkeeping) of the last save, or None."""
+    if not os.path.isdir(self.directory):
+      return None
+    manager = self._open()
+    latest = manager.latest_step()
+    if latest is None:
+      return None
+    meta = _restore(manager, self.directory, latest,
+                    meta=ocp.args.JsonRestore())
+    # Measurements are params-shaped dicts, so the saved tree needs no
+    # target; the arrays come back on the devices they were saved from.
+    arrays = _restore(manager, self.directory, latest,
+                      arrays=ocp.args.StandardRestore())
+    return latest, arrays, meta
+
+  def save(self, finished: int, arrays: dict, meta: dict) -> None:
+    _save(self._open(), self.directory, finished, wait=True,
+          arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta))
+
+  def clear(self) -> None:
+    """Forgets the progress once the method's rows are all written."""
+    if self._manager is not None:
+      self._manager.close()
+      self._manager = None
+    if jax.process_index() == 0:
+      shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _save(manager, checkpoint_dir: str, step: int, *, wait: bool = False,
+          **items) -> None:
+  """Saves checkpoint `step` (waiting for it to be written if `wait`); a
+  save the file system refuses (a full disk) is named with its folder."""
+  try:
+    if items:
+      manager.save(step, args=ocp.args.Composite(**items))
+    if wait or not items:
+      manager.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(
+        f'{checkpoint_dir}: checkpoint {step} could not be written '
+        f'({type(e).__name__}: {str(e)[:200]}); the ones before it '
+        'are kept: free space, then run the same command again.') from e
 
 
 def fit(recipe: Recipe, *, engine: engine_lib.Engine, split: str,
@@ -182,14 +244,18 @@ def fit(recipe: Recipe, *, engine: engine_lib.Engine, split: str,
           + f', {record["img_per_s"]:.1f} img/s, {record["seconds"]:.1f} s'
           + (f' (+{result.compile_seconds:.1f} s compiling)'
              if result.compile_seconds >= 0.1 else ''))
-      manager.save(epoch + 1, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
-          meta=ocp.args.JsonSave({'fingerprint': fingerprint,
-                                  'history': history})))
+      _save(manager, checkpoint_dir, epoch + 1,
+            wait=on_epoch_end is not None,
+            state=ocp.args.StandardSave(state),
+            meta=ocp.args.JsonSave({'fingerprint': fingerprint,
+                                    'history': history}))
       if on_epoch_end is not None:
-        manager.wait_until_finished()
         on_epoch_end(epoch, record)
-  finally:
-    manager.wait_until_finished()
-    manager.close()
+    _save(manager, checkpoint_dir, recipe.epochs)
+  except BaseException:
+    # What stopped the run is the error to show, not a save left behind.
+    with contextlib.suppress(Exception):
+      manager.close()
+    raise
+  manager.close()
   return state, history

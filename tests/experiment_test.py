@@ -2,10 +2,13 @@
 
 import importlib
 import csv
+import errno
 import json
 import os
+import re
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 from absl.testing import absltest
@@ -14,6 +17,7 @@ from PIL import Image
 from configs import quickstart
 from mufax import engine
 from mufax import experiment
+from mufax import files
 from mufax import metrics
 from mufax import published
 from mufax import train
@@ -226,6 +230,92 @@ class RunTest(absltest.TestCase):
                                 'corrupt or unreadable'):
       experiment.run(config, workdir)
 
+  def test_places_that_cannot_be_written_are_named_and_lose_nothing(self):
+    data_dir = self.create_tempdir().full_path
+    config = tiny_config(data_dir)
+    config.methods = 'original'
+    config.original.epochs = 1
+    config.original.decay_epochs = ()
+    a_file = self.create_tempfile().full_path
+    with self.assertRaisesRegex(files.Unwritable,
+                                f'The workdir {a_file}/run cannot be written'):
+      experiment.run(config, os.path.join(a_file, 'run'))
+
+    larger = config.copy_and_resolve_references()
+    larger.data.image_size = 64
+    with self.assertRaisesRegex(experiment.ConfigError,
+                                'image_size=64 is larger than the stored '
+                                '32x32 images'):
+      experiment.run(larger, self.create_tempdir().full_path)
+
+    workdir = self.create_tempdir().full_path
+    experiment.run(config, workdir)
+    with open(os.path.join(workdir, 'results.json')) as f:
+      before = f.read()
+    full = OSError(errno.ENOSPC, 'No space left on device')
+    config.methods = 'original,finetune'
+    # The disk fills while results.json is written, then while a checkpoint
+    # is.
+    with mock.patch.object(experiment.json, 'dump', side_effect=full):
+      with self.assertRaisesRegex(
+          files.Unwritable, f'{workdir}/results.json could not be written '
+          r'\(No space left on device\); it keeps what it held'):
+        experiment.run(config, workdir)
+    with open(os.path.join(workdir, 'results.json')) as f:
+      self.assertEqual(f.read(), before)
+    config.methods = 'original,retrain'
+    with mock.patch.object(train.ocp.CheckpointManager, 'save',
+                           side_effect=full):
+      with self.assertRaisesRegex(
+          train.CheckpointError, r'-retrain-paper-seed42: checkpoint 1 could '
+          r'not be written \(OSError: .*No space left on device\); the ones '
+          'before it are kept'):
+        experiment.run(config, workdir)
+    # Run again with room: the rows written are reused.
+    config.methods = 'original,finetune'
+    records = experiment.run(config, workdir)
+    self.assertEqual([r['method'] for r in records], ['original', 'finetune'])
+    with open(os.path.join(workdir, 'results.json')) as f:
+      self.assertEqual(json.load(f)['records'][0], json.loads(before)[
+          'records'][0])
+
+  def test_a_converted_reference_model_is_the_original_if_it_fits(self):
+    import torch  # pylint: disable=g-import-not-at-top
+    from mufax import convert  # pylint: disable=g-import-not-at-top
+    from mufax import torch_resnet  # pylint: disable=g-import-not-at-top
+    data_dir = self.create_tempdir().full_path
+    config = tiny_config(data_dir)
+    config.methods = 'original'
+
+    def converted(num_classes, image_size, width=4):
+      torch.manual_seed(0)
+      net = torch_resnet.ResNet((1, 1, 1, 1), num_classes=num_classes,
+                                width=width)
+      folder = os.path.join(self.create_tempdir().full_path, 'ckpt')
+      arch, variables = convert.convert(
+          {k: v.numpy() for k, v in net.state_dict().items()})
+      convert.save(folder, arch, variables, image_size=image_size)
+      return folder
+
+    for folder, message in (
+        (converted(3, 32), 'its head has 3 outputs, and synthetic_faces/small '
+         r'\(age\) needs 8'),
+        (converted(8, 128), 'trained on 128x128 images and this run feeds it '
+         '32x32: set config.data.image_size=128'),
+        (converted(8, 32, width=8), r'a ResNet with stages \[1, 1, 1, 1\] and '
+         'width 8'),
+        ('/no/such/folder', 'config.original.checkpoint=/no/such/folder')):
+      config.original.checkpoint = folder
+      with self.assertRaisesRegex(experiment.ConfigError, message):
+        experiment.run(config, self.create_tempdir().full_path)
+
+    config.original.checkpoint = converted(8, 32)
+    (record,) = experiment.run(config, self.create_tempdir().full_path)
+    self.assertEqual(record['update_steps'], 0)
+    self.assertEqual(record['config'],
+                     {'checkpoint': config.original.checkpoint})
+    self.assertGreater(record['accuracy'], 0)
+
   def test_command_line_error_exits_non_zero_with_a_message(self):
     result = subprocess.run(
         [sys.executable, 'run_main.py', '--config=configs/quickstart.py',
@@ -240,15 +330,14 @@ class KillAndResumeTest(absltest.TestCase):
   """A run killed with SIGKILL and started again ends as an unkilled run."""
 
   def command(self, data_dir, workdir):
-    # One compilation cache for the three runs: the second and third compile
-    # nothing.
+    # One compilation cache for every start: the later ones compile nothing.
     cache = os.path.join(data_dir, 'jax_cache')
     return [sys.executable, 'run_main.py', '--config=configs/quickstart.py',
             f'--config.compilation_cache_dir={cache}',
             '--config.model.name=resnet_tiny', '--config.model.num_filters=0',
             '--config.original.epochs=2', '--config.original.decay_epochs=(1,)',
             '--config.retrain.epochs=6', '--config.retrain.decay_epochs=(3,)',
-            '--config.methods=original,retrain,neggrad',
+            '--config.methods=original,retrain,msg',
             f'--config.data.data_dir={data_dir}', f'--workdir={workdir}']
 
   def results(self, workdir):
@@ -263,7 +352,24 @@ class KillAndResumeTest(absltest.TestCase):
           r[part].pop(key)
     return records
 
-  def test_killed_while_retraining_resumes_to_the_same_results(self):
+  # Where the run is killed, as the first line printed after that point, and
+  # what the next start must print: it resumes there, not from zero.
+  KILL_POINTS = (
+      # Inside the original's training, once an epoch is saved.
+      (r'^epoch 2/2', r'resuming from the checkpoint of epoch [12]'),
+      # Inside retraining.
+      (r'^epoch 3/6', r'original: reusing the results(.|\n)*resuming from '
+       r'the checkpoint of epoch [23]'),
+      # Between two methods: retrain's row is written, MSG has begun.
+      (r'^retain_gradients: ', r'retrain: reusing the results'),
+      # Inside a method, after one of its stages.
+      (r'msg epoch 2/\d+: progress saved', r'msg: resuming after stage 4 of'),
+      # After the last row: its losses, results.json, the evaluation against
+      # retraining and the plots are being written.
+      (r'^msg: accuracy', r'msg: (reusing the results|resuming after stage)'),
+  )
+
+  def test_killed_anywhere_resumes_to_the_same_results(self):
     data_dir = self.create_tempdir().full_path
     whole = self.create_tempdir().full_path
     # Compiling the programs takes minutes on a loaded 2-core machine.
@@ -271,33 +377,34 @@ class KillAndResumeTest(absltest.TestCase):
                    capture_output=True, timeout=1800)
 
     workdir = self.create_tempdir().full_path
-    killed = subprocess.Popen(self.command(data_dir, workdir), cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-    seen = []
-    try:
-      # The original row is written before the retrained model trains; kill
-      # once retrain has saved its second epoch (the line of epoch 3 comes
-      # after that save).
-      for line in killed.stdout:
-        seen.append(line)
-        if line.startswith('epoch 3/6'):
-          break
-    finally:
-      killed.kill()
-      killed.wait()
-    self.assertTrue(any(l.startswith('original: accuracy') for l in seen),
-                    ''.join(seen))
-    self.assertEqual([r['method'] for r in self.results(workdir)],
-                     ['original'])
-
-    resumed = subprocess.run(self.command(data_dir, workdir), cwd=REPO,
-                             capture_output=True, text=True, timeout=1800,
-                             check=False)
-    self.assertEqual(resumed.returncode, 0, resumed.stdout + resumed.stderr)
-    self.assertIn('original: reusing the results', resumed.stdout)
-    self.assertRegex(resumed.stdout, 'resuming from the checkpoint of epoch '
-                     '[23]')
+    expected = None
+    for kill_at, resumes_from in self.KILL_POINTS + ((None, None),):
+      written = [r['method'] for r in self.results(workdir)] if os.path.exists(
+          os.path.join(workdir, 'results.json')) else []
+      started = subprocess.Popen(self.command(data_dir, workdir), cwd=REPO,
+                                 stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+      seen = []
+      try:
+        for line in started.stdout:
+          seen.append(line)
+          if kill_at and re.search(kill_at, line):
+            started.kill()
+            break
+      finally:
+        started.wait(timeout=1800)
+      output = ''.join(seen)
+      if kill_at:
+        self.assertTrue(any(re.search(kill_at, l) for l in seen), output)
+      else:
+        self.assertEqual(started.returncode, 0, output)
+      if expected:
+        self.assertRegex(output, expected)
+      # Rows written before this start are reused, never recomputed.
+      for name in written:
+        self.assertIn(f'{name}: reusing the results', output)
+        self.assertNotIn(f'{name}: accuracy', output)
+      expected = resumes_from
     self.assertEqual(self.results(workdir), self.results(whole))
 
 

@@ -187,7 +187,8 @@ class ConvertTest(absltest.TestCase):
     self.assertEqual(arch, {'stage_sizes': [1, 1, 1, 1], 'num_filters': 4,
                             'num_outputs': 3})
     convert.save(f'{tmp}/ckpt', arch, variables)
-    model, restored = convert.load(f'{tmp}/ckpt')
+    model, restored, image_size = convert.load(f'{tmp}/ckpt')
+    self.assertEqual(image_size, 128)
 
     images = np.random.default_rng(0).random((2, 40, 40, 3), np.float32)
     with torch.no_grad():

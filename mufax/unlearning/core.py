@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from mufax import engine as engine_lib
+from mufax import train
 from mufax.unlearning import loops
 
 METHODS: dict[str, Method] = {}
@@ -140,6 +141,9 @@ class Context:
   # checkpoint; returns (state, seconds its epochs took, recipe as a dict,
   # history).
   train_from_scratch: Callable[[str], tuple] | None = None
+  # Where a method saves its progress after each stage (train.Progress), so
+  # that a killed run resumes inside it; None saves nothing.
+  progress_dir: str | None = None
 
   @property
   def seed(self) -> int:
@@ -319,13 +323,30 @@ class SGDMethod(Method):
 
   def run(self, ctx: Context, original) -> Iterator[Row]:
     """The population of `original` (one member per seed, or one member
-    shared by all) through every stage, each member with its own seed."""
+    shared by all) through every stage, each member with its own seed.
+
+    With `ctx.progress_dir`, the state after each stage is saved once the
+    rows before it are handed on, and a run started again resumes after the
+    last saved stage.
+    """
     engine = ctx.engine
     population = len(ctx.seeds)
     per_member = [self.stages(ctx.for_seed(s)) for s in ctx.seeds]
-    variables, steps, seconds, compile_seconds, flops = original, 0, 0., 0., 0.
-    history, measurements, teachers = [], {}, None
+    variables, measurements, teachers = original, {}, None
+    done = {'finished': 0, 'steps': 0, 'seconds': 0.0,
+            'compile_seconds': 0.0, 'flops': 0.0, 'history': []}
+    progress = train.Progress(ctx.progress_dir) if ctx.progress_dir else None
+    saved = progress.restore() if progress else None
+    if saved:
+      _, arrays, done = saved
+      variables = arrays['variables']
+      measurements = arrays.get('measurements', {})
+      engine_lib.log(f'{self.name}: resuming after stage {done["finished"]} '
+                     f'of {len(per_member[0])} from {ctx.progress_dir}')
+    history = done['history']
     for index, stages in enumerate(zip(*per_member)):
+      if index < done['finished']:
+        continue
       stage = stages[0]
       label = stage.row or stage.name or self.name
       plan = engine_lib.Plan.stack([s.plan for s in stages])
@@ -335,36 +356,47 @@ class SGDMethod(Method):
         began = time.perf_counter()
         variables = jax.block_until_ready(stage.edit(
             engine.put_members(variables, population), measurements, rngs))
-        seconds += time.perf_counter() - began
+        done['seconds'] += time.perf_counter() - began
       if len(plan):
         if stage.teachers and teachers is None:
           teachers = self.teachers(ctx, original)
         state, result = self._run_stage(ctx, stage, plan, variables, rngs,
                                         measurements, label, teachers)
-        seconds += result.seconds
-        compile_seconds += result.compile_seconds
-        flops += result.flops
+        done['seconds'] += result.seconds
+        done['compile_seconds'] += result.compile_seconds
+        done['flops'] += result.flops
         diverged = engine_lib.divergence(result.measured['loss'], ctx.seeds)
         if diverged:
-          diverged.update(step=steps + diverged['step'], stage=label)
+          diverged.update(step=done['steps'] + diverged['step'], stage=label)
           engine_lib.log(f'{self.name} diverged at update step '
                          f'{diverged["step"]} ({label}); its rows are '
                          'recorded as diverged')
           later = [s.row for s in per_member[0][index:] if s.row]
           for row in later:
-            yield Row(row, None, steps + len(plan), seconds=seconds,
-                      compile_seconds=compile_seconds, flops=flops,
-                      settings=self.settings(ctx), diverged=diverged)
-          return
+            yield self._row(ctx, row, None, done, done['steps'] + len(plan),
+                            diverged=diverged)
+          break
         if stage.measures:
           measurements[stage.name] = state.opt_state
         else:
           variables = state.variables
-        steps += len(plan)
+        done['steps'] += len(plan)
       history.append(stage.settings() | {'steps': len(plan)})
       if stage.row:
-        settings = self.settings(ctx) | (
-            history[0] if len(history) == 1 else {'stages': list(history)})
-        yield Row(stage.row, variables, steps, seconds=seconds,
-                  compile_seconds=compile_seconds, flops=flops,
-                  settings=settings)
+        yield self._row(ctx, stage.row, variables, done, done['steps'])
+      done['finished'] = index + 1
+      if progress and done['finished'] < len(per_member[0]):
+        progress.save(done['finished'], {'variables': variables} | (
+            {'measurements': measurements} if measurements else {}), done)
+        engine_lib.log(f'  {label}: progress saved')
+    if progress:
+      progress.clear()
+
+  def _row(self, ctx, name, variables, done, steps, diverged=None) -> Row:
+    history = done['history']
+    settings = self.settings(ctx) | (
+        history[0] if len(history) == 1 else {'stages': list(history)})
+    return Row(name, variables, steps, seconds=done['seconds'],
+               compile_seconds=done['compile_seconds'], flops=done['flops'],
+               settings=self.settings(ctx) if diverged else settings,
+               diverged=diverged)
