@@ -72,6 +72,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.population.members_per_call = 0
   # JAX's persistent compilation cache; empty: <workdir>/jax_cache.
   config.compilation_cache_dir = ''
+  # Models trained from scratch are saved after an epoch once this many
+  # seconds have passed since the last save (0: after every epoch), and at
+  # the end; a killed run resumes from the last save.
+  config.checkpoint_every_s = 30.0
 
   config.protocol = 'paper'  # or clean (protocol §8)
   config.lam = 0.5  # NoMUS weight λ of accuracy

@@ -783,8 +783,10 @@ class Engine:
                            batch_stats=batch_stats, opt_state=opt_state), {
                                'loss': value, **measured}
 
-    population_step = jax.vmap(member_step, in_axes=(0, None, 0, 0, 0),
-                               spmd_axis_name=MODEL_AXIS)
+    # Jitted so that its trace is cached: `_run` traces it for the shapes of
+    # the measurements, and the loop below then reuses that trace.
+    population_step = jax.jit(jax.vmap(member_step, in_axes=(0, None, 0, 0, 0),
+                                       spmd_axis_name=MODEL_AXIS))
 
     def body(i, carry, data, arrays, rngs, teachers):
       state, measured = carry

@@ -165,7 +165,8 @@ def train_from_scratch(kind: str, config, *, engine: engine_lib.Engine,
   try:
     state, history = train.fit(
         r, engine=engine, split=split, seeds=seeds, eval_split='test',
-        checkpoint_dir=checkpoint_dir(config, workdir, kind, seeds))
+        checkpoint_dir=checkpoint_dir(config, workdir, kind, seeds),
+        checkpoint_every_s=config.checkpoint_every_s)
   except engine_lib.Diverged as e:
     raise engine_lib.Diverged(f'{kind}: {e}: lower '
                               f'config.{kind}.learning_rate.') from e
@@ -504,7 +505,8 @@ def save_losses(workdir: str, name: str, losses: dict[str, np.ndarray]):
 def comparable_config(config: dict) -> dict:
   """The settings that decide a row's result (not which rows to run)."""
   config = json.loads(json.dumps(config, default=str))
-  for key in ('methods', 'log_every_s', 'compilation_cache_dir', 'plugins'):
+  for key in ('methods', 'log_every_s', 'compilation_cache_dir', 'plugins',
+              'checkpoint_every_s'):
     config.pop(key, None)
   for key in ('device_memory_gb', 'members_per_call'):
     config.get('population', {}).pop(key, None)

@@ -334,6 +334,8 @@ class KillAndResumeTest(absltest.TestCase):
     cache = os.path.join(data_dir, 'jax_cache')
     return [sys.executable, 'run_main.py', '--config=configs/quickstart.py',
             f'--config.compilation_cache_dir={cache}',
+            # Saved after every epoch, so that each kill point has one.
+            '--config.checkpoint_every_s=0',
             '--config.model.name=resnet_tiny', '--config.model.num_filters=0',
             '--config.original.epochs=2', '--config.original.decay_epochs=(1,)',
             '--config.retrain.epochs=6', '--config.retrain.decay_epochs=(3,)',

@@ -1,6 +1,8 @@
 """Training populations: members equal single models, devices equal one
 device, the compiled loop equals host-fed steps, resuming, refusing."""
 
+import os
+
 import jax
 import ml_collections
 import numpy as np
@@ -181,6 +183,26 @@ class FitTest(absltest.TestCase):
     self.assertEqual([h['epoch'] for h in history], [1, 2, 3])
     self.assertEqual([h['test_accuracy'] for h in history],
                      [h['test_accuracy'] for h in whole_history])
+
+  def test_saves_are_spaced_by_checkpoint_every_s(self):
+    eng = make_engine(jax.devices()[:1])
+    directory = self.create_tempdir().full_path
+
+    def kill_after_second_epoch(epoch, record):
+      del record
+      if epoch == 1:
+        raise KeyboardInterrupt
+
+    # No epoch but the last is saved: a kill before it loses every epoch.
+    with self.assertRaises(KeyboardInterrupt):
+      fit(eng, directory, (5,), on_epoch_end=kill_after_second_epoch,
+          checkpoint_every_s=1e9)
+    epochs_run = []
+    fit(eng, directory, (5,), checkpoint_every_s=1e9,
+        on_epoch_end=lambda epoch, _: epochs_run.append(epoch))
+    self.assertEqual(epochs_run, [0, 1, 2])
+    self.assertEqual(sorted(int(d) for d in os.listdir(directory)
+                            if d.isdigit()), [3])
 
   def test_checkpoint_of_another_run_is_refused(self):
     eng = make_engine(jax.devices()[:1])
