@@ -267,7 +267,7 @@ class RunTest(absltest.TestCase):
     with mock.patch.object(train.ocp.CheckpointManager, 'save',
                            side_effect=full):
       with self.assertRaisesRegex(
-          train.CheckpointError, r'-retrain-paper-seed42: checkpoint 1 could '
+          train.CheckpointError, r'-retrain-paper-seed42: checkpoint \d+ could '
           r'not be written \(OSError: .*No space left on device\); the ones '
           'before it are kept'):
         experiment.run(config, workdir)

@@ -82,7 +82,10 @@ class PopulationTest(absltest.TestCase):
       self.assertEqual(np.asarray(population.step).tolist(), [3, 3])
       self.assertGreater(history[0]['flops'], 0)
       member = engine.member(population.variables, 1)
-      assert_trees_close(self, member, alone, 1e-5)
+      # Two members in one program convolve as XLA's grouped convolution,
+      # whose rounding differs by CPU model; three BatchNorm-train steps
+      # amplify it to ~1e-5 on some (a wrong seed or order gives ~1e-2).
+      assert_trees_close(self, member, alone, 1e-4)
     # Members differ from each other: each has its own init and data order.
     moved(self, engine.member(population.variables, 0), member)
     fresh = engine.member(eng.init(engine.sgd(), (6,)).variables, 0)
