@@ -165,8 +165,8 @@ def fit(recipe: Recipe, *, engine: engine_lib.Engine, split: str,
   `checkpoint_every_s` or more after the last save (0: every epoch), and
   resumes from the last saved epoch when started again with the same
   recipe, so that a killed run ends with the same parameters as an
-  uninterrupted one. Returns the final state and
-  one log record per epoch (means over the members).
+  uninterrupted one. Returns the final state and one log record per epoch
+  (means over the members).
   """
   n = len(engine.splits[split]['label'])
   if n == 0:

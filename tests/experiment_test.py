@@ -264,10 +264,12 @@ class RunTest(absltest.TestCase):
     with open(os.path.join(workdir, 'results.json')) as f:
       self.assertEqual(f.read(), before)
     config.methods = 'original,retrain'
+    # Saved after every epoch: the first save is the one the full disk fails.
+    config.checkpoint_every_s = 0.0
     with mock.patch.object(train.ocp.CheckpointManager, 'save',
                            side_effect=full):
       with self.assertRaisesRegex(
-          train.CheckpointError, r'-retrain-paper-seed42: checkpoint \d+ could '
+          train.CheckpointError, r'-retrain-paper-seed42: checkpoint 1 could '
           r'not be written \(OSError: .*No space left on device\); the ones '
           'before it are kept'):
         experiment.run(config, workdir)

@@ -52,6 +52,13 @@ def fit(eng, directory, seeds, recipe=RECIPE, **kwargs):
                    eval_split='test', checkpoint_dir=directory, **kwargs)
 
 
+def kill_after_second_epoch(epoch, record):
+  """An `on_epoch_end` that stops a run as a kill would, after epoch 2."""
+  del record
+  if epoch == 1:
+    raise KeyboardInterrupt
+
+
 def assert_trees_close(test, a, b, tol):
   paths_a = jax.tree_util.tree_flatten_with_path(a)[0]
   paths_b = jax.tree_util.tree_leaves(b)
@@ -167,11 +174,6 @@ class FitTest(absltest.TestCase):
 
     directory = self.create_tempdir().full_path
 
-    def kill_after_second_epoch(epoch, record):
-      del record
-      if epoch == 1:
-        raise KeyboardInterrupt
-
     with self.assertRaises(KeyboardInterrupt):
       fit(eng, directory, seeds, on_epoch_end=kill_after_second_epoch)
     epochs_run = []
@@ -190,11 +192,6 @@ class FitTest(absltest.TestCase):
   def test_saves_are_spaced_by_checkpoint_every_s(self):
     eng = make_engine(jax.devices()[:1])
     directory = self.create_tempdir().full_path
-
-    def kill_after_second_epoch(epoch, record):
-      del record
-      if epoch == 1:
-        raise KeyboardInterrupt
 
     # No epoch but the last is saved: a kill before it loses every epoch.
     with self.assertRaises(KeyboardInterrupt):
