@@ -7,7 +7,9 @@ Training from scratch and every unlearning stage run through the same pieces:
   device from an index array; the host never touches an image again.
 - **Plans.** What a run does step by step is a plan (`Plan`): per update step,
   which objective and which example indices of which splits, for every member.
-  It is uploaded as int arrays, one per kind of step, before the run starts.
+  It is uploaded as int arrays before the run starts. A short batch (an
+  epoch's last) is padded to full size and masked where the objective allows
+  (`Objective.pads`), so that it needs no program of its own.
 - **Populations.** Parameters, batch statistics and optimizer state carry a
   leading model axis; the single-model step is `jax.vmap`ped over it. Each
   member has its own initialisation key, data order and augmentation draws.
@@ -15,7 +17,11 @@ Training from scratch and every unlearning stage run through the same pieces:
   plan, with the state donated; the host only asks for the next chunk of
   steps, sized so that progress lines appear about every `log_every_s`. The
   loop's bounds are runtime values, so one compiled program serves every
-  chunk: a chunk's length never triggers a compilation.
+  chunk: a chunk's length never triggers a compilation. On CPU, where XLA
+  runs convolutions inside a loop slowly, the host queues the chunk's steps
+  one by one instead: per step, a shared program makes each batch (gather,
+  augmentation) and the update's program takes them, so a program's shapes
+  depend neither on the plan's length nor on which method runs it.
 - **Mesh.** A 2-D device mesh (`model`, `data`): members are spread over the
   `model` axis as far as they divide among the devices, and each member's
   batch over the `data` axis. One device is the 1 x 1 case of the same code.
@@ -139,9 +145,8 @@ def member_sharding(mesh: Mesh) -> NamedSharding:
 def batch_spec(mesh: Mesh, batch_size: int) -> P:
   """How one member's batch lies on the mesh's `data` axis.
 
-  A batch that does not divide evenly (the short last batch of an epoch) is
-  computed whole on each device rather than padded, since padding would
-  change the BatchNorm statistics.
+  A batch that does not divide evenly (the short last batch of an epoch,
+  where the objective does not pad it) is computed whole on each device.
   """
   return P(DATA_AXIS) if batch_size % mesh.shape[DATA_AXIS] == 0 else P()
 
@@ -163,13 +168,16 @@ def preprocess(images: jax.Array, image_size: int | None) -> jax.Array:
 
 
 def apply_model(model: nn.Module, params, batch_stats, images: jax.Array, *,
-                train: bool):
-  """Logits, and the updated batch statistics when `train`."""
+                train: bool, mask: jax.Array | None = None):
+  """Logits, and the updated batch statistics when `train`; in train mode
+  BatchNorm's statistics are taken over the images where `mask` (if given)
+  is True."""
   variables = {'params': params, 'batch_stats': batch_stats}
   if not train:
     return model.apply(variables, images, train=False), batch_stats
-  logits, updates = model.apply(variables, images, train=True,
-                                mutable=['batch_stats'])
+  logits, updates = model.apply(
+      variables, images, train=True, mutable=['batch_stats'],
+      **({} if mask is None else {'mask': mask}))
   return logits, updates['batch_stats']
 
 
@@ -199,13 +207,16 @@ class Forward:
     self.model, self.params, self.train = model, params, train
     self.batch_stats = batch_stats
 
-  def apply(self, batch_stats, images):
+  def apply(self, batch_stats, images, mask=None):
     """Pure form: (logits, updated statistics)."""
     return apply_model(self.model, self.params, batch_stats, images,
-                       train=self.train)
+                       train=self.train, mask=mask)
 
-  def __call__(self, images: jax.Array) -> jax.Array:
-    logits, self.batch_stats = self.apply(self.batch_stats, images)
+  def __call__(self, images: jax.Array,
+               mask: jax.Array | None = None) -> jax.Array:
+    """Logits of `images`; `mask` marks the real ones of a padded batch,
+    which alone make BatchNorm's statistics in train mode."""
+    logits, self.batch_stats = self.apply(self.batch_stats, images, mask)
     return logits.astype(jnp.float32)
 
 
@@ -215,7 +226,8 @@ class Inputs:
 
   `teachers` are models in eval mode, by name ('original': the model being
   unlearnt), that the run passes; `loss(logits, labels)` is the task's mean
-  loss.
+  loss. `masks` mark each batch's real examples: all of them, unless the
+  objective `pads` and the batch is a short one padded to full size.
   """
   batches: Mapping[str, tuple[jax.Array, jax.Array]]
   rng: jax.Array
@@ -225,6 +237,7 @@ class Inputs:
   # The member's update steps so far in this run of a stage (0 first), for
   # objectives that change over a stage (an ℓ1 weight that decays).
   step: jax.Array | int = 0
+  masks: Mapping[str, jax.Array] = dataclasses.field(default_factory=dict)
 
   def teacher(self, images: jax.Array, name: str = 'original') -> jax.Array:
     """The logits of teacher `name` on `images`."""
@@ -239,6 +252,30 @@ class Inputs:
   def loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
     return losses.per_sample_loss(logits, labels, self.loss_kind).mean()
 
+  def mask(self, name: str) -> jax.Array:
+    """bool [batch]: which rows of batch `name` are real examples."""
+    if name in self.masks:
+      return self.masks[name]
+    return jnp.ones(self.images(name).shape[:1], bool)
+
+  def mean(self, values: jax.Array, name: str) -> jax.Array:
+    """The mean of per-example `values` [batch, ...] over batch `name`'s
+    real examples."""
+    weight = self.mask(name).astype(values.dtype)
+    weight = weight.reshape(weight.shape + (1,) * (values.ndim - 1))
+    count = weight.sum() * math.prod(values.shape[1:])
+    return (values * weight).sum() / count
+
+  def logits(self, forward: Forward, name: str) -> jax.Array:
+    """`forward` on batch `name`, its padding kept out of BatchNorm."""
+    return forward(self.images(name), self.masks.get(name))
+
+  def task_loss(self, logits: jax.Array, name: str) -> jax.Array:
+    """The task's loss of `logits` against batch `name`'s labels, mean over
+    its real examples."""
+    return self.mean(losses.per_sample_loss(logits, self.labels(name),
+                                            self.loss_kind), name)
+
 
 # loss(forward, inputs, prepared) -> (scalar to minimise, measurements).
 LossFn = Callable[[Forward, Inputs, Any], tuple[jax.Array, dict]]
@@ -251,6 +288,11 @@ PrepareFn = Callable[[Forward, Inputs], Any]
 class Objective:
   loss: LossFn
   prepare: PrepareFn | None = None
+  # True when the loss weighs examples by their masks (it runs the model
+  # with `inputs.logits` and averages with `inputs.mean` / `inputs.task_loss`).
+  # The engine then pads a short batch (an epoch's last) to the full batch
+  # size, and one compiled program serves both.
+  pads: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,15 +387,15 @@ def with_learning_rate(state: TrainState, learning_rate: float) -> TrainState:
 
 def _task_loss(forward, inputs, prepared):
   del prepared
-  logits = forward(inputs.images('train'))
-  labels = inputs.labels('train')
-  return inputs.loss(logits, labels), {
-      'accuracy': losses.correct(logits, labels, inputs.loss_kind).mean()}
+  logits = inputs.logits(forward, 'train')
+  correct = losses.correct(logits, inputs.labels('train'), inputs.loss_kind)
+  return inputs.task_loss(logits, 'train'), {
+      'accuracy': inputs.mean(correct, 'train')}
 
 
 # Training from scratch: the task's loss on the batch named 'train' (which
 # split that is, the run's `sources` say), measuring accuracy.
-TASK_OBJECTIVE = Objective(_task_loss)
+TASK_OBJECTIVE = Objective(_task_loss, pads=True)
 
 
 # ------------------------------------------------------------------- plans
@@ -388,27 +430,35 @@ class Plan:
   def __len__(self):
     return len(self.steps)
 
-  def signature(self, i: int) -> tuple:
-    key, batches = self.steps[i]
-    return (key,) + tuple((s, v.shape[1]) for s, v in sorted(batches.items()))
-
-  def groups(self) -> tuple[dict[tuple, dict[str, np.ndarray]],
-                            list[tuple[tuple, int, int]]]:
+  def groups(self, padded: frozenset[str] = frozenset()
+             ) -> tuple[dict[tuple, dict[str, np.ndarray]],
+                        list[tuple[tuple, int, int]]]:
     """(arrays per group, segments): a segment is (group, start, stop) of
-    consecutive steps of one group, in plan order."""
-    members_of: dict[tuple, list[int]] = {}
+    consecutive steps of one group, in plan order.
+
+    Batches of the keys in `padded` are padded with index -1 to the largest
+    batch of their key and split, so that their steps form one group.
+    """
+    full: dict[tuple[str, str], int] = {}
+    for key, batches in self.steps:
+      for s, v in batches.items():
+        full[key, s] = max(full.get((key, s), 0), v.shape[1])
+    members_of: dict[tuple, list[dict[str, np.ndarray]]] = {}
     segments = []
-    for i in range(len(self.steps)):
-      group = self.signature(i)
+    for key, batches in self.steps:
+      if key in padded:
+        batches = {s: np.pad(v, ((0, 0), (0, full[key, s] - v.shape[1])),
+                             constant_values=-1)
+                   for s, v in batches.items()}
+      group = (key,) + tuple((s, v.shape[1])
+                             for s, v in sorted(batches.items()))
       rows = members_of.setdefault(group, [])
       if segments and segments[-1][0] == group and segments[-1][2] == len(rows):
         segments[-1] = (group, segments[-1][1], len(rows) + 1)
       else:
         segments.append((group, len(rows), len(rows) + 1))
-      rows.append(i)
-    arrays = {group: {s: _pad_steps(np.stack([self.steps[i][1][s]
-                                              for i in rows]))
-                      for s in self.steps[rows[0]][1]}
+      rows.append(batches)
+    arrays = {group: {s: np.stack([b[s] for b in rows]) for s in rows[0]}
               for group, rows in members_of.items()}
     return arrays, segments
 
@@ -662,8 +712,12 @@ class Engine:
     fresh = jax.vmap(lambda seed: self._fresh(tx, seed))
     seeds = jnp.asarray(seeds, jnp.int32)
     self.check_state_memory(jax.eval_shape(fresh, seeds), len(seeds))
+    # A program that runs once: XLA's CPU backend compiles its random draws
+    # 3-4x faster at optimisation level 1, to the same bits (the quick
+    # start's model: 1.9 against 6.8 s).
     return jax.jit(fresh, out_shardings=member_sharding(
-        self.mesh(len(seeds))))(seeds)
+        self.mesh(len(seeds)))).lower(seeds).compile(
+            compiler_options={'xla_backend_optimization_level': 1})(seeds)
 
   def abstract_state(self, tx, population: int):
     """Shapes, dtypes and shardings of a population's state (for restores)."""
@@ -736,30 +790,66 @@ class Engine:
 
   # --------------------------------------------------------------- steps
 
-  def _update_program(self, update: Update, mesh: Mesh) -> Callable:
-    """The jitted loop `(state, measured, data, group arrays, rngs, teachers,
-    start, stop) -> (state, measured)` over steps start..stop of a group."""
+  def _member_batch(self, mesh: Mesh, augment: bool) -> Callable:
+    """`(data, indices, step key, position) -> (images, labels, mask)`: one
+    member's batch, gathered on the device and preprocessed, augmented with
+    the draw at `position` of the step's key."""
+    image_size = self.image_size
+
+    def member_batch(data, indices, rng, position):
+      # Index -1 pads a short batch (`Plan.groups`); augmentation draws are
+      # made per row, so the real rows draw what they would unpadded.
+      batch = input_pipeline.gather_batch(data, jnp.maximum(indices, 0))
+      images = jax.lax.with_sharding_constraint(
+          preprocess(batch['image'], image_size),
+          NamedSharding(mesh, batch_spec(mesh, indices.shape[0])))
+      if augment:
+        images = input_pipeline.augment(images,
+                                        jax.random.fold_in(rng, position))
+      return images, batch['label'], indices >= 0
+
+    return member_batch
+
+  def _batch_program(self, mesh: Mesh, augment: bool) -> Callable:
+    """The jitted `(steps, data, indices, rngs, position) -> batch` of a
+    population (`_member_batch`), which every update of the same batch size
+    and augmentation shares on CPU."""
+    key = ('batch', mesh.devices.shape, augment)
+    if key not in self._programs:
+      member_batch = self._member_batch(mesh, augment)
+      self._programs[key] = jax.jit(jax.vmap(
+          lambda step, data, indices, rng, position: member_batch(
+              data, indices, jax.random.fold_in(rng, step), position),
+          in_axes=(0, None, 0, 0, None), spmd_axis_name=MODEL_AXIS))
+    return self._programs[key]
+
+  def _update_program(self, update: Update,
+                      mesh: Mesh) -> tuple[Callable, Callable]:
+    """(program, population step), where the population step is `(state,
+    data, indices, rngs, teachers) -> (state, measurements)`.
+
+    On an accelerator the program is the jitted loop `(state, measured,
+    data, group arrays, rngs, teachers, start, stop) -> (state, measured)`
+    over steps start..stop of a group. On CPU it is the update alone,
+    `(state, batches, rngs, teachers) -> (state, measurements)` with the
+    state donated, on batches that `_batch_program` made: XLA's CPU backend
+    takes about a second to compile the augmentation into each program.
+    """
     key = ('update', update, mesh.devices.shape, self.step_by_step)
     if key in self._programs:
       return self._programs[key]
-    model, loss, image_size = self.model, self.loss, self.image_size
+    model, loss = self.model, self.loss
+    member_batch = self._member_batch(mesh, update.augment)
 
-    def member_step(state, data, indices, rng, teachers):
-      rng = jax.random.fold_in(rng, state.step)
-      batches = {}
-      for i, name in enumerate(sorted(indices)):
-        batch = input_pipeline.gather_batch(data, indices[name])
-        images = jax.lax.with_sharding_constraint(
-            preprocess(batch['image'], image_size),
-            NamedSharding(mesh, batch_spec(mesh, indices[name].shape[0])))
-        if update.augment:
-          images = input_pipeline.augment(images, jax.random.fold_in(rng, i))
-        batches[name] = (images, batch['label'])
-      inputs = Inputs(batches, jax.random.fold_in(rng, len(indices)), loss,
+    def member_update(state, batches, rng, teachers):
+      """The update on {name: (images, labels, mask)} with the step's key."""
+      inputs = Inputs({name: b[:2] for name, b in batches.items()},
+                      jax.random.fold_in(rng, len(batches)), loss,
                       {name: Forward(model, v['params'], v['batch_stats'],
                                      train=False)
                        for name, v in (teachers or {}).items()},
-                      step=state.step)
+                      step=state.step,
+                      masks={name: b[2] for name, b in batches.items()})
       forward = Forward(model, state.params, state.batch_stats,
                         train=update.bn_train)
       objective = update.objective
@@ -783,10 +873,27 @@ class Engine:
                            batch_stats=batch_stats, opt_state=opt_state), {
                                'loss': value, **measured}
 
+    def member_step(state, data, indices, rng, teachers):
+      rng = jax.random.fold_in(rng, state.step)
+      batches = {name: member_batch(data, indices[name], rng, i)
+                 for i, name in enumerate(sorted(indices))}
+      return member_update(state, batches, rng, teachers)
+
+    population_step = jax.vmap(member_step, in_axes=(0, None, 0, 0, 0),
+                               spmd_axis_name=MODEL_AXIS)
+    if self.step_by_step:
+      program = jax.jit(
+          jax.vmap(lambda state, batches, rng, teachers: member_update(
+              state, batches, jax.random.fold_in(rng, state.step), teachers),
+                   spmd_axis_name=MODEL_AXIS),
+          donate_argnums=(0,),
+          out_shardings=(member_sharding(mesh),
+                         NamedSharding(mesh, P(MODEL_AXIS))))
+      self._programs[key] = (program, population_step)
+      return self._programs[key]
     # Jitted so that its trace is cached: `_run` traces it for the shapes of
     # the measurements, and the loop below then reuses that trace.
-    population_step = jax.jit(jax.vmap(member_step, in_axes=(0, None, 0, 0, 0),
-                                       spmd_axis_name=MODEL_AXIS))
+    population_step = jax.jit(population_step)
 
     def body(i, carry, data, arrays, rngs, teachers):
       state, measured = carry
@@ -801,13 +908,9 @@ class Engine:
           lambda i, carry: body(i, carry, data, arrays, rngs, teachers),
           (state, measured))
 
-    def run_one(state, measured, data, arrays, rngs, teachers, i):
-      return body(i, (state, measured), data, arrays, rngs, teachers)
-
-    shardings = dict(donate_argnums=(0, 1),
-                     out_shardings=(member_sharding(mesh),
-                                    NamedSharding(mesh, P(None, MODEL_AXIS))))
-    program = jax.jit(run_one if self.step_by_step else run, **shardings)
+    program = jax.jit(run, donate_argnums=(0, 1),
+                      out_shardings=(member_sharding(mesh),
+                                     NamedSharding(mesh, P(None, MODEL_AXIS))))
     self._programs[key] = (program, population_step)
     return self._programs[key]
 
@@ -875,33 +978,48 @@ class Engine:
     population = members(state)
     mesh = self.mesh(population)
     data = self.resident(mesh)
-    arrays, segments = plan.groups()
+    arrays, segments = plan.groups(padded=frozenset(
+        key for key, update in updates.items() if update.objective.pads))
     offset = lambda role: self.offsets[(sources or {}).get(role, role)]
-    arrays = {group: {role: jax.device_put(
-        a + offset(role), NamedSharding(
-            mesh, P(None, MODEL_AXIS, *batch_spec(mesh, a.shape[2]))))
-                      for role, a in group_arrays.items()}
-              for group, group_arrays in arrays.items()}
+    # On CPU each step's indices are uploaded as arrays of their own, so
+    # that a program's shapes do not depend on the length of the plan and
+    # methods of the same objective share it; a compiled loop takes the
+    # group's steps, padded to a power of two for the same reason.
+    for group, group_arrays in arrays.items():
+      for role, a in group_arrays.items():
+        a = np.where(a < 0, a, a + offset(role)).astype(np.int32)
+        spec = (MODEL_AXIS, *batch_spec(mesh, a.shape[2]))
+        group_arrays[role] = (
+            jax.device_put(list(a), NamedSharding(mesh, P(*spec)))
+            if self.step_by_step else
+            jax.device_put(_pad_steps(a), NamedSharding(mesh,
+                                                        P(None, *spec))))
     rngs = put(rngs, member_sharding(mesh))
     if teachers is not None:
       teachers = {name: self.put_members(t, population)
                   for name, t in teachers.items()}
-    buffers = {}
+    # Per group: the measurement buffers of a compiled loop, or each step's
+    # measurements.
+    outputs: dict[tuple, Any] = {}
     compile_before = self.compiler.seconds
     flops = 0.0
     start = last_log = time.perf_counter()
-    done = images = 0
+    done = 0
+    # Images one member has seen after each step, real ones only.
+    seen = np.cumsum([0] + [plan.images(i) for i in range(len(plan))])
     running = 0.0  # seconds spent executing, not compiling
     total = len(plan)
     for group, first, stop in segments:
       program, population_step = self._update_program(updates[group[0]],
                                                        mesh)
-      if group not in buffers:
+      if group not in outputs and self.step_by_step:
+        outputs[group] = []
+      elif group not in outputs:
         shapes = jax.eval_shape(
             population_step, state, data,
             {n: a[0] for n, a in arrays[group].items()}, rngs, teachers)[1]
         length = next(iter(arrays[group].values())).shape[0]
-        buffers[group] = jax.device_put(
+        outputs[group] = jax.device_put(
             jax.tree.map(lambda s: np.zeros((length,) + s.shape, s.dtype),
                          shapes),
             NamedSharding(mesh, P(None, MODEL_AXIS)))
@@ -912,31 +1030,30 @@ class Engine:
           # Every process must run the same programs; the chunks follow
           # process 0's timing.
           count = int(multihost_utils.broadcast_one_to_all(np.int32(count)))
-        bounds = ((np.int32(i),) if self.step_by_step
-                  else (np.int32(i), np.int32(i + count)))
-        compiled = self.compiler(program, state, buffers[group], data,
-                                 arrays[group], rngs, teachers, *bounds,
-                                 members=members_in_all or population,
-                                 resident_bytes=resident_bytes)
-        flops += compiled.flops * count
-        began = time.perf_counter()
         if self.step_by_step:
-          # Dispatches are asynchronous: the host queues the chunk's steps,
-          # each gathering its batch on the device, and waits once.
-          for j in range(i, i + count):
-            state, buffers[group] = compiled.call(
-                state, buffers[group], data, arrays[group], rngs, teachers,
-                np.int32(j))
+          state, began, step_flops = self._dispatch_steps(
+              mesh, program, updates[group[0]].augment, range(i, i + count),
+              state, data, arrays[group], rngs, teachers, outputs[group],
+              members=members_in_all or population,
+              resident_bytes=resident_bytes)
+          last_loss = outputs[group][-1]['loss']
+          flops += step_flops * count
         else:
-          state, buffers[group] = compiled.call(
-              state, buffers[group], data, arrays[group], rngs, teachers,
+          bounds = (np.int32(i), np.int32(i + count))
+          compiled = self.compiler(program, state, outputs[group], data,
+                                   arrays[group], rngs, teachers, *bounds,
+                                   members=members_in_all or population,
+                                   resident_bytes=resident_bytes)
+          flops += compiled.flops * count
+          began = time.perf_counter()
+          state, outputs[group] = compiled.call(
+              state, outputs[group], data, arrays[group], rngs, teachers,
               *bounds)
+          last_loss = outputs[group]['loss']
         jax.block_until_ready(state.step)
         running += time.perf_counter() - began
         self._step_seconds[group] = (time.perf_counter() - began) / count
         done += count
-        images += count * population * sum(
-            a.shape[2] for a in arrays[group].values())
         i += count
         now = time.perf_counter()
         if (label and now - last_log >= self.log_every_s and done < total
@@ -944,17 +1061,24 @@ class Engine:
           last_log = now
           # This process's members only: a progress line must not start a
           # computation the other processes do not run.
-          losses_so_far = buffers[group]['loss']
-          if not losses_so_far.is_fully_addressable:
-            losses_so_far = losses_so_far.addressable_shards[0].data
-          loss = np.asarray(losses_so_far[i - 1]).mean()
+          if not last_loss.is_fully_addressable:
+            last_loss = last_loss.addressable_shards[0].data
+          loss = np.asarray(last_loss if self.step_by_step
+                            else last_loss[i - 1]).mean()
           log(f'  {label} step {done}/{total}: '
-              f'{images / running:.1f} img/s, loss {loss:.4f}')
-    host = to_host(buffers)
+              f'{seen[done] * population / running:.1f} img/s, '
+              f'loss {loss:.4f}')
+    host = to_host(outputs)
     measured: dict[str, list] = {}
     for group, first, stop in segments:
-      for name, values in host[group].items():
-        measured.setdefault(name, []).append(values[first:stop])
+      values = host[group]
+      if self.step_by_step:
+        values = {name: np.stack([v[name] for v in values[first:stop]])
+                  for name in values[0]}
+      else:
+        values = {name: v[first:stop] for name, v in values.items()}
+      for name, v in values.items():
+        measured.setdefault(name, []).append(v)
     # Measurements every kind of step makes (the loss, at least).
     measured = {k: np.concatenate(v) for k, v in measured.items()
                 if sum(len(x) for x in v) == total}
@@ -963,6 +1087,33 @@ class Engine:
         measured=measured,
         seconds=time.perf_counter() - start - compile_seconds,
         compile_seconds=compile_seconds, flops=flops)
+
+  def _dispatch_steps(self, mesh, program, augment, steps, state, data,
+                      arrays, rngs, teachers, outputs, **memory):
+    """Queues `steps` of a group on CPU: per step, a batch program for each
+    batch and the update program, whose measurements go to `outputs`.
+    Dispatches are asynchronous: the host only queues them. Returns (state,
+    when the first step's programs were compiled, flops of one step)."""
+    named = sorted(arrays.items())
+    batch_program = self._batch_program(mesh, augment)
+    positions = [jax.device_put(np.int32(k), replicated(mesh))
+                 for k in range(len(named))]
+    make_batch = update = None
+    for j in steps:
+      batch_args = [(state.step, data, a[j], rngs, positions[k])
+                    for k, (_, a) in enumerate(named)]
+      if make_batch is None:
+        make_batch = [self.compiler(batch_program, *args, **memory)
+                      for args in batch_args]
+      batches = {name: compiled.call(*args) for (name, _), compiled, args
+                 in zip(named, make_batch, batch_args)}
+      if update is None:
+        update = self.compiler(program, state, batches, rngs, teachers,
+                               **memory)
+        began = time.perf_counter()
+      state, values = update.call(state, batches, rngs, teachers)
+      outputs.append(values)
+    return state, began, update.flops + sum(c.flops for c in make_batch)
 
   def _chunk(self, group, remaining: int) -> int:
     """Steps to run before the host looks again: about `log_every_s` worth,

@@ -41,14 +41,15 @@ class BatchNorm(nn.Module):
   Unlike `flax.linen.BatchNorm`, the running variance is updated with the
   unbiased batch variance, as PyTorch does, so that running statistics of the
   two frameworks agree. Statistics are taken in float32 whatever the input
-  dtype. Under a data-sharded jit the mean over the batch axis is global.
+  dtype, over the images where `mask` [batch] is True (all if None). Under a
+  data-sharded jit the mean over the batch axis is global.
   """
   use_running_average: bool
   momentum: float = BN_MOMENTUM
   epsilon: float = BN_EPSILON
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, mask=None):
     features = x.shape[-1]
     scale = self.param('scale', nn.initializers.ones, (features,))
     bias = self.param('bias', nn.initializers.zeros, (features,))
@@ -59,13 +60,22 @@ class BatchNorm(nn.Module):
     else:
       axes = tuple(range(x.ndim - 1))
       x32 = x.astype(jnp.float32)
-      mean = jnp.mean(x32, axes)
-      var = jnp.maximum(jnp.mean(jnp.square(x32), axes) - jnp.square(mean), 0)
+      n = np.prod([x.shape[a] for a in axes])
+      if mask is None:
+        mean = jnp.mean(x32, axes)
+        mean_square = jnp.mean(jnp.square(x32), axes)
+        unbiased = n / max(n - 1, 1)
+      else:
+        weight = mask.astype(jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1))
+        n = weight.sum() * (n // x.shape[0])
+        mean = (x32 * weight).sum(axes) / n
+        mean_square = (jnp.square(x32) * weight).sum(axes) / n
+        unbiased = n / jnp.maximum(n - 1, 1)
+      var = jnp.maximum(mean_square - jnp.square(mean), 0)
       if not self.is_initializing():
-        n = np.prod([x.shape[a] for a in axes])
         m = self.momentum
         ra_mean.value = m * ra_mean.value + (1 - m) * mean
-        ra_var.value = m * ra_var.value + (1 - m) * var * (n / max(n - 1, 1))
+        ra_var.value = m * ra_var.value + (1 - m) * var * unbiased
     mul = scale * jax.lax.rsqrt(var + self.epsilon)
     return (x * mul.astype(x.dtype) + (bias - mean * mul).astype(x.dtype))
 
@@ -78,14 +88,14 @@ class BasicBlock(nn.Module):
   norm: ModuleDef
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, mask=None):
     y = self.conv(self.filters, 3, self.strides, name='conv1')(x)
-    y = nn.relu(self.norm(name='bn1')(y))
+    y = nn.relu(self.norm(name='bn1')(y, mask))
     y = self.conv(self.filters, 3, 1, name='conv2')(y)
-    y = self.norm(name='bn2')(y)
+    y = self.norm(name='bn2')(y, mask)
     if self.strides != 1 or x.shape[-1] != self.filters:
       x = self.conv(self.filters, 1, self.strides, name='downsample_0')(x)
-      x = self.norm(name='downsample_1')(x)
+      x = self.norm(name='downsample_1')(x, mask)
     return nn.relu(x + y)
 
 
@@ -94,7 +104,9 @@ class ResNet(nn.Module):
 
   Input: float images in [0, 1], NHWC (protocol §2.3: no normalisation).
   `dtype` is the compute dtype (e.g. bfloat16 for mixed precision); parameters,
-  BatchNorm statistics and the returned logits stay float32.
+  BatchNorm statistics and the returned logits stay float32. In training,
+  `mask` [batch] marks the real images of a padded batch: BatchNorm takes its
+  statistics over them alone.
   """
   stage_sizes: Sequence[int]
   num_outputs: int
@@ -103,19 +115,20 @@ class ResNet(nn.Module):
   conv: Callable[..., nn.Module] = conv_lib.Conv
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, *, train: bool, mask=None):
     conv = functools.partial(self.conv, dtype=self.dtype,
                              kernel_init=conv_init)
     norm = functools.partial(BatchNorm, use_running_average=not train)
     x = x.astype(self.dtype)
     x = conv(self.num_filters, 7, 2, name='conv1')(x)
-    x = nn.relu(norm(name='bn1')(x))
+    x = nn.relu(norm(name='bn1')(x, mask))
     x = conv_lib.max_pool(x, window=3, stride=2, padding=1)
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
-        x = BasicBlock(self.num_filters * 2**i,
-                       strides=2 if i > 0 and j == 0 else 1,
-                       conv=conv, norm=norm, name=f'layer{i + 1}_{j}')(x)
+        block = BasicBlock(self.num_filters * 2**i,
+                           strides=2 if i > 0 and j == 0 else 1,
+                           conv=conv, norm=norm, name=f'layer{i + 1}_{j}')
+        x = block(x, mask)
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return nn.Dense(self.num_outputs, kernel_init=dense_init,
                     bias_init=dense_bias_init(x.shape[-1]), name='fc')(x)

@@ -93,7 +93,8 @@ class PlanTest(parameterized.TestCase):
     class Forward:
       params = {'w': jnp.ones(3)}
 
-      def __call__(self, images):
+      def __call__(self, images, mask=None):
+        del mask
         return jnp.zeros((images.shape[0], 8))
 
     batch = (jnp.zeros((2, 4, 4, 3)), jnp.zeros((2,), jnp.int32))

@@ -29,8 +29,8 @@ def random_split(n: int, *, size: int = IMAGE_SIZE, outputs: int = 3,
 
 
 def make_engine(devices=None, loss='softmax', **kwargs):
-  # 22 examples in batches of 8: two full batches, then 6, which does not
-  # shard over 4 devices and is computed whole on each.
+  # 22 examples in batches of 8: two full batches, then 6, which the task's
+  # objective pads to 8 (so that it shards over 4 devices).
   splits = {'train': random_split(22, loss=loss, seed=3),
             'test': random_split(9, loss=loss, seed=4)}
   return engine.Engine(models.ResNetTiny(num_outputs=3), loss=loss,
@@ -163,6 +163,70 @@ class PopulationTest(absltest.TestCase):
       state, _ = step(state, batch, {'train': np.arange(len(idx))[None]},
                       rngs, None)
     assert_trees_close(self, resident.variables, state.variables, 1e-6)
+
+
+  def test_short_batch_padded_to_full_equals_it_unpadded(self):
+    """An objective that `pads` runs an epoch's short last batch, padded and
+    masked, through the full batch's program, to what the short batch gives
+    run as it is; a longer plan of the same steps compiles nothing new."""
+    seeds = (4, 9)
+    exact = engine.Objective(engine.TASK_OBJECTIVE.loss)
+    self.assertTrue(engine.TASK_OBJECTIVE.pads)
+    self.assertFalse(exact.pads)
+
+    def plan(epochs):
+      per_member = [[] for _ in seeds]
+      for epoch in range(epochs):
+        for steps, more in zip(per_member, engine.epoch_plan(
+            [np.arange(22)] * len(seeds), batch_size=8, seeds=seeds,
+            epoch=epoch)):
+          steps += more
+      return engine.Plan.stack(per_member)
+
+    results = {}
+    for name, objective in (('padded', engine.TASK_OBJECTIVE),
+                            ('exact', exact)):
+      eng = make_engine(jax.devices()[:1])
+      state, result = eng.run(
+          plan(1), {'train': engine.Update(objective, engine.SGD)},
+          engine.with_learning_rate(eng.init(engine.sgd(0.05, 0.9), seeds),
+                                    0.05), train.augmentation_keys(seeds))
+      compiled = len(eng.compiler._cache)
+      results[name] = (state, result, compiled)
+      if name == 'padded':
+        eng.run(plan(2), {'train': engine.Update(objective, engine.SGD)},
+                state, train.augmentation_keys(seeds))
+        self.assertLen(eng.compiler._cache, compiled)
+    # The short batch's programs are the ones padding saves.
+    self.assertEqual(results['exact'][2], 2 * results['padded'][2])
+    assert_trees_close(self, results['exact'][0].variables,
+                       results['padded'][0].variables, 1e-5)
+    for name in ('loss', 'accuracy'):
+      np.testing.assert_allclose(results['padded'][1].measured[name],
+                                 results['exact'][1].measured[name],
+                                 rtol=1e-5, atol=1e-6)
+
+
+  def test_compiled_loop_equals_steps_dispatched_one_by_one(self):
+    """Accelerators run a chunk of steps as one compiled loop, CPUs queue
+    them one by one (batch programs, then the update): the same steps."""
+    seeds = (3, 8)
+    plan = engine.Plan.stack(engine.epoch_plan(
+        [np.arange(22)] * len(seeds), batch_size=8, seeds=seeds, epoch=0))
+    results = []
+    for step_by_step in (True, False):
+      eng = make_engine(jax.devices()[:1])
+      eng.step_by_step = step_by_step
+      state = engine.with_learning_rate(
+          eng.init(engine.sgd(0.05, 0.9), seeds), 0.05)
+      results.append(eng.run(
+          plan, {'train': engine.Update(engine.TASK_OBJECTIVE, engine.SGD)},
+          state, train.augmentation_keys(seeds)))
+    (dispatched, by_step), (looped, by_loop) = results
+    assert_trees_close(self, dispatched.variables, looped.variables, 1e-5)
+    np.testing.assert_allclose(by_step.measured['loss'],
+                               by_loop.measured['loss'], rtol=1e-5)
+    self.assertEqual(by_step.measured['loss'].shape, (3, 2))
 
 
 class FitTest(absltest.TestCase):

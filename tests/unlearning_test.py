@@ -64,8 +64,9 @@ def tiny_context(devices=None, *, protocol='paper', task='mufac',
   """A tiny model's context and a population of originals, one per seed."""
   sigmoid = task == 'multilabel'
   model = models.ResNetTiny(num_outputs=3 if sigmoid else 8)
-  # 46 retain examples: the short last batch (6) cannot be sharded over 4
-  # devices and is computed whole on each (a batch of 2 would be degenerate
+  # 46 retain examples: the short last batch (6), where an objective does
+  # not pad it, cannot be sharded over 4 devices and is computed whole on
+  # each (a batch of 2 would be degenerate
   # in train-mode BatchNorm on the 1x1 maps of the last blocks: its gradient
   # grows as 1/|x1 - x2| and turns rounding into percent); 20 forget: a
   # short batch of 4.

@@ -15,10 +15,8 @@ from mufax.unlearning import loops
 
 def retain_minus_forget(forward, inputs, prepared):
   del prepared
-  retain_loss = inputs.loss(forward(inputs.images('retain')),
-                            inputs.labels('retain'))
-  forget_loss = inputs.loss(forward(inputs.images('forget')),
-                            inputs.labels('forget'))
+  retain_loss = inputs.task_loss(inputs.logits(forward, 'retain'), 'retain')
+  forget_loss = inputs.task_loss(inputs.logits(forward, 'forget'), 'forget')
   return retain_loss - forget_loss, {'retain_loss': retain_loss,
                                      'forget_loss': forget_loss}
 
@@ -38,6 +36,6 @@ class AdvancedNegGrad(core.SGDMethod):
       plan = loops.zipped(*sizes, bs, epochs=epochs, seed=ctx.seed)
     return [core.Stage(
         row='advanced_neggrad', plan=core.step_plan('step', plan),
-        objectives={'step': engine.Objective(retain_minus_forget)},
+        objectives={'step': engine.Objective(retain_minus_forget, pads=True)},
         learning_rate=hp.lr, bn_train=ctx.bn_train(),
         epochs=epochs)]

@@ -11,11 +11,10 @@ from mufax.unlearning import loops
 
 def retain_loss(forward, inputs, prepared):
   del prepared
-  return inputs.loss(forward(inputs.images('retain')),
-                     inputs.labels('retain')), {}
+  return inputs.task_loss(inputs.logits(forward, 'retain'), 'retain'), {}
 
 
-RETAIN_LOSS = engine.Objective(retain_loss)
+RETAIN_LOSS = engine.Objective(retain_loss, pads=True)
 
 
 def retain_stage(ctx: core.Context, row: str | None, *, learning_rate: float,

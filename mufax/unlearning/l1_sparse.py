@@ -57,8 +57,7 @@ class RetainL1Loss:
 
   def __call__(self, forward, inputs, prepared):
     del prepared
-    task_loss = inputs.loss(forward(inputs.images('retain')),
-                            inputs.labels('retain'))
+    task_loss = inputs.task_loss(inputs.logits(forward, 'retain'), 'retain')
     l1 = l1_norm(forward.params)
     weight = self.alpha
     if self.steps_per_epoch:
@@ -93,6 +92,6 @@ class L1Sparse(core.SGDMethod):
                         epochs=hp.epochs, seed=ctx.seed)
     loss = RetainL1Loss(hp.alpha, hp.epochs, len(plan) // hp.epochs)
     return [core.Stage(row='l1_sparse', plan=core.step_plan('retain', plan),
-                       objectives={'retain': engine.Objective(loss)},
+                       objectives={'retain': engine.Objective(loss, pads=True)},
                        learning_rate=hp.lr, bn_train=ctx.bn_train(),
                        epochs=hp.epochs, momentum=hp.momentum)]

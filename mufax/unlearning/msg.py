@@ -60,11 +60,10 @@ _SUBSET_STREAM = 3
 
 def forget_loss(forward, inputs, prepared):
   del prepared
-  return inputs.loss(forward(inputs.images('forget')),
-                     inputs.labels('forget')), {}
+  return inputs.task_loss(inputs.logits(forward, 'forget'), 'forget'), {}
 
 
-FORGET_LOSS = engine.Objective(forget_loss)
+FORGET_LOSS = engine.Objective(forget_loss, pads=True)
 
 
 def is_conv_kernel(path, leaf) -> bool:

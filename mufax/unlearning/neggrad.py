@@ -10,8 +10,7 @@ from mufax.unlearning import loops
 
 def forget_ascent(forward, inputs, prepared):
   del prepared
-  forget_loss = inputs.loss(forward(inputs.images('forget')),
-                            inputs.labels('forget'))
+  forget_loss = inputs.task_loss(inputs.logits(forward, 'forget'), 'forget')
   return -forget_loss, {'forget_loss': forget_loss}
 
 
@@ -33,6 +32,6 @@ class NegGrad(core.SGDMethod):
                                  use_retain=False)
     return [core.Stage(
         row='neggrad', plan=core.step_plan('neggrad', plan),
-        objectives={'neggrad': engine.Objective(forget_ascent)},
+        objectives={'neggrad': engine.Objective(forget_ascent, pads=True)},
         learning_rate=hp.lr, bn_train=ctx.bn_train(),
         epochs=epochs)]

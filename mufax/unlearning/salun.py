@@ -49,11 +49,10 @@ def forget_loss(forward, inputs, prepared):
   """The task loss on the forget batch (its gradient's magnitude is the
   saliency; the reference negated it, which `abs` undoes)."""
   del prepared
-  return inputs.loss(forward(inputs.images('forget')),
-                     inputs.labels('forget')), {}
+  return inputs.task_loss(inputs.logits(forward, 'forget'), 'forget'), {}
 
 
-SALIENCY_OBJECTIVE = engine.Objective(forget_loss)
+SALIENCY_OBJECTIVE = engine.Objective(forget_loss, pads=True)
 
 
 def saliency_mask(gradient_sums, mask_ratio: float):

@@ -58,16 +58,17 @@ class Distillation:
 
   def loss(self, forward, inputs, teacher_logits):
     t = self.temperature
-    logits = forward(inputs.images(self.split))
+    logits = inputs.logits(forward, self.split)
     kl_fn = bernoulli_kl if self.bernoulli else softmax_kl
-    kl = t * t * kl_fn(teacher_logits / t, logits / t).mean()
+    kl = t * t * inputs.mean(kl_fn(teacher_logits / t, logits / t),
+                             self.split)
     if self.sign > 0:
-      task_loss = inputs.loss(logits, inputs.labels(self.split))
+      task_loss = inputs.task_loss(logits, self.split)
       return task_loss + kl, {'task_loss': task_loss, 'kl': kl}
     return -kl, {'kl': kl}
 
   def objective(self) -> engine.Objective:
-    return engine.Objective(self.loss, prepare=self.prepare)
+    return engine.Objective(self.loss, prepare=self.prepare, pads=True)
 
 
 @dataclasses.dataclass(frozen=True)
