@@ -148,8 +148,8 @@ class TimedCompiler:
   def __getattr__(self, name):
     return getattr(self.inner, name)
 
-  def __call__(self, jitted, *args, members: int = 1):
-    compiled = self.inner(jitted, *args, members=members)
+  def __call__(self, jitted, *args, **memory):
+    compiled = self.inner(jitted, *args, **memory)
 
     def call(*call_args):
       start = time.perf_counter()
