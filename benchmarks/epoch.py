@@ -11,15 +11,16 @@ process:
   holding the prepared train and test splits on the device (uint8, 128x128,
   resized on the device to --image_size). An epoch is what `train.fit` does:
   `engine.epoch_plan` + `Plan.stack`, `with_learning_rate`, `Engine.run` (one
-  compiled loop; gather, resize, augmentation, forward, backward and update
-  all on the device), the mean train loss and accuracy, then
+  compiled loop on an accelerator, queued programs per step on CPU; gather,
+  resize, augmentation, forward, backward and update all on the device),
+  the mean train loss and accuracy, then
   `Engine.evaluate(state.variables, 'test')` and the test accuracy. One
-  warm-up epoch first compiles every program: a whole one, since the
-  compiled loop is specialised to the plan's length (its step count per
-  batch shape), so that a shorter plan would not compile the epoch's
-  program. Its compile seconds are reported apart; the timed epochs compile
-  nothing (and any compilation in them would be reported and left out of
-  their seconds, as `RunResult.seconds` leaves it out).
+  warm-up epoch first compiles every program: a whole one, since an
+  accelerator's compiled loop is specialised to the plan's length (its
+  step count per batch shape), so that a shorter plan would not compile
+  the epoch's program. Its compile seconds are reported apart; the timed
+  epochs compile nothing (and any compilation in them would be reported and
+  left out of their seconds, as `RunResult.seconds` leaves it out).
 - reference: the reference notebooks' pipeline (01_MUFAC
   Machine_Unlearning_MUFAC_Base_Models.ipynb): a torch `Dataset` opening each
   JPEG of the unzipped archive with PIL (`custom_train_dataset.csv` +
