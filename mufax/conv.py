@@ -489,6 +489,20 @@ FORWARD, INPUT_GRAD, KERNEL_GRAD = (
 # 1x1 convolutions are matrix products in any formulation.
 NATIVE_BELOW_MACS = 1_000_000
 
+# On maps of at most 8x8 pixels, a 3x3 stride-1 convolution of moderate size
+# runs natively as fast as Winograd or faster (which XLA's CPU hands to
+# YNNPACK), while Winograd's tile transforms, a pass over memory each, cost
+# as much as its products. Measured per layer in one run (ms at batch 64,
+# native vs Winograd, forward / input gradient / kernel gradient):
+# 8x8x128: 4.8/5.2/6.9 vs 6.4/6.1/5.6; 4x4x256: 4.9/5.9/6.5 vs 7.1/6.0/4.6;
+# 4x4x128: 2.3/1.8/1.9 vs 1.8/2.2/3.4; but 8x8x256: 19.1/20.3/24.8 vs
+# 13.7/14.7/16.9 and 16x16x64: 9.3/9.4/34.9 vs 6.5/6.1/10.3. So the forward
+# and input gradient run natively on such maps below NATIVE_SMALL_MAP_MACS,
+# and the kernel gradient too below NATIVE_KERNEL_GRAD_MACS.
+SMALL_MAP_PIXELS = 64
+NATIVE_SMALL_MAP_MACS = 20_000_000
+NATIVE_KERNEL_GRAD_MACS = 5_000_000
+
 
 def plan(x_shape, kernel_shape, stride: int,
          backend: str | None = None) -> Plan:
@@ -498,11 +512,15 @@ def plan(x_shape, kernel_shape, stride: int,
   _, h, w, _ = x_shape
   k, _, cin, cout = kernel_shape
   oh, ow = output_size(h, k, stride), output_size(w, k, stride)
-  if k > 1 and oh * ow * k * k * cin * cout < NATIVE_BELOW_MACS:
+  macs = oh * ow * k * k * cin * cout
+  if k > 1 and macs < NATIVE_BELOW_MACS:
     return ALL_NATIVE
   if k > 1 and oh * ow <= 4:
     return Plan(DENSE, DENSE, DENSE)
   if (k, stride) == (3, 1):
+    if oh * ow <= SMALL_MAP_PIXELS and macs < NATIVE_SMALL_MAP_MACS:
+      return Plan(NATIVE, NATIVE, NATIVE if macs < NATIVE_KERNEL_GRAD_MACS
+                  else WINOGRAD)
     return Plan(WINOGRAD, WINOGRAD, WINOGRAD)
   if k == 7:
     # The stem's 3-channel taps make a patch matrix XLA builds slowly; its

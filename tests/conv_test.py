@@ -241,6 +241,22 @@ class PlanTest(parameterized.TestCase):
       plan = conv.plan(x_shape, kernel_shape, stride, 'cpu')
       self.assertNotEqual(getattr(plan, product), conv.NATIVE, x_shape)
 
+  def test_small_maps_run_natively_where_winograd_is_slower(self):
+    # Per-layer timings in mufax/conv.py: on 8x8 and smaller maps Winograd's
+    # transforms cost as much as its products, except for the widest layers.
+    native_forward = [((64, 8, 8, 128), (3, 3, 128, 128)),
+                      ((64, 4, 4, 256), (3, 3, 256, 256)),
+                      ((64, 4, 4, 128), (3, 3, 128, 128))]
+    winograd = [((64, 16, 16, 64), (3, 3, 64, 64)),
+                ((64, 8, 8, 256), (3, 3, 256, 256)),
+                ((64, 4, 4, 512), (3, 3, 512, 512))]
+    for x_shape, kernel_shape in native_forward:
+      plan = conv.plan(x_shape, kernel_shape, 1, 'cpu')
+      self.assertEqual(plan[:2], (conv.NATIVE, conv.NATIVE), x_shape)
+    for x_shape, kernel_shape in winograd:
+      self.assertEqual(conv.plan(x_shape, kernel_shape, 1, 'cpu'),
+                       (conv.WINOGRAD,) * 3, x_shape)
+
   def test_output_size_is_torchs(self):
     for size in range(1, 12):
       for k, s in ((7, 2), (3, 1), (3, 2), (1, 2)):
