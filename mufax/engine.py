@@ -823,26 +823,12 @@ class Engine:
           in_axes=(0, None, 0, 0, None), spmd_axis_name=MODEL_AXIS))
     return self._programs[key]
 
-  def _update_program(self, update: Update,
-                      mesh: Mesh) -> tuple[Callable, Callable]:
-    """(program, population step), where the population step is `(state,
-    data, indices, rngs, teachers) -> (state, measurements)`.
-
-    On an accelerator the program is the jitted loop `(state, measured,
-    data, group arrays, rngs, teachers, start, stop) -> (state, measured)`
-    over steps start..stop of a group. On CPU it is the update alone,
-    `(state, batches, rngs, teachers) -> (state, measurements)` with the
-    state donated, on batches that `_batch_program` made: XLA's CPU backend
-    takes about a second to compile the augmentation into each program.
-    """
-    key = ('update', update, mesh.devices.shape, self.step_by_step)
-    if key in self._programs:
-      return self._programs[key]
+  def _member_update(self, update: Update) -> Callable:
+    """`(state, batches, step key, teachers) -> (state, measurements)`: one
+    member's update on {name: (images, labels, mask)}."""
     model, loss = self.model, self.loss
-    member_batch = self._member_batch(mesh, update.augment)
 
     def member_update(state, batches, rng, teachers):
-      """The update on {name: (images, labels, mask)} with the step's key."""
       inputs = Inputs({name: b[:2] for name, b in batches.items()},
                       jax.random.fold_in(rng, len(batches)), loss,
                       {name: Forward(model, v['params'], v['batch_stats'],
@@ -873,45 +859,73 @@ class Engine:
                            batch_stats=batch_stats, opt_state=opt_state), {
                                'loss': value, **measured}
 
-    def member_step(state, data, indices, rng, teachers):
-      rng = jax.random.fold_in(rng, state.step)
-      batches = {name: member_batch(data, indices[name], rng, i)
-                 for i, name in enumerate(sorted(indices))}
-      return member_update(state, batches, rng, teachers)
+    return member_update
 
-    population_step = jax.vmap(member_step, in_axes=(0, None, 0, 0, 0),
-                               spmd_axis_name=MODEL_AXIS)
+  def _population_step(self, update: Update, mesh: Mesh) -> Callable:
+    """The jitted step of a population, batches gathered inside: `(state,
+    data, indices, rngs, teachers) -> (state, measurements)`. Jitted so that
+    its trace is cached: `_run` traces it for the shapes of the
+    measurements, and the compiled loop then reuses that trace."""
+    key = ('population step', update, mesh.devices.shape)
+    if key not in self._programs:
+      member_batch = self._member_batch(mesh, update.augment)
+      member_update = self._member_update(update)
+
+      def member_step(state, data, indices, rng, teachers):
+        rng = jax.random.fold_in(rng, state.step)
+        batches = {name: member_batch(data, indices[name], rng, i)
+                   for i, name in enumerate(sorted(indices))}
+        return member_update(state, batches, rng, teachers)
+
+      self._programs[key] = jax.jit(jax.vmap(
+          member_step, in_axes=(0, None, 0, 0, 0), spmd_axis_name=MODEL_AXIS))
+    return self._programs[key]
+
+  def _update_program(self, update: Update, mesh: Mesh) -> Callable:
+    """The program that runs steps of `update`.
+
+    On an accelerator, the jitted loop `(state, measured, data, group
+    arrays, rngs, teachers, start, stop) -> (state, measured)` over steps
+    start..stop of a group. On CPU, the update alone, `(state, batches,
+    rngs, teachers) -> (state, measurements)` with the state donated, on
+    batches that `_batch_program` made: XLA's CPU backend takes about a
+    second to compile the augmentation into each program. Updates that
+    differ only in augmentation then share it.
+    """
     if self.step_by_step:
-      program = jax.jit(
-          jax.vmap(lambda state, batches, rng, teachers: member_update(
-              state, batches, jax.random.fold_in(rng, state.step), teachers),
-                   spmd_axis_name=MODEL_AXIS),
-          donate_argnums=(0,),
-          out_shardings=(member_sharding(mesh),
-                         NamedSharding(mesh, P(MODEL_AXIS))))
-      self._programs[key] = (program, population_step)
+      key = ('update', dataclasses.replace(update, augment=False),
+             mesh.devices.shape)
+      if key not in self._programs:
+        member_update = self._member_update(update)
+        self._programs[key] = jax.jit(
+            jax.vmap(lambda state, batches, rng, teachers: member_update(
+                state, batches, jax.random.fold_in(rng, state.step),
+                teachers), spmd_axis_name=MODEL_AXIS),
+            donate_argnums=(0,),
+            out_shardings=(member_sharding(mesh),
+                           NamedSharding(mesh, P(MODEL_AXIS))))
       return self._programs[key]
-    # Jitted so that its trace is cached: `_run` traces it for the shapes of
-    # the measurements, and the loop below then reuses that trace.
-    population_step = jax.jit(population_step)
+    key = ('loop', update, mesh.devices.shape)
+    if key not in self._programs:
+      population_step = self._population_step(update, mesh)
 
-    def body(i, carry, data, arrays, rngs, teachers):
-      state, measured = carry
-      indices = {name: a[i] for name, a in arrays.items()}
-      state, values = population_step(state, data, indices, rngs, teachers)
-      return state, jax.tree.map(lambda buf, v: buf.at[i].set(v), measured,
-                                 values)
+      def body(i, carry, data, arrays, rngs, teachers):
+        state, measured = carry
+        indices = {name: a[i] for name, a in arrays.items()}
+        state, values = population_step(state, data, indices, rngs, teachers)
+        return state, jax.tree.map(lambda buf, v: buf.at[i].set(v),
+                                   measured, values)
 
-    def run(state, measured, data, arrays, rngs, teachers, start, stop):
-      return jax.lax.fori_loop(
-          start, stop,
-          lambda i, carry: body(i, carry, data, arrays, rngs, teachers),
-          (state, measured))
+      def run(state, measured, data, arrays, rngs, teachers, start, stop):
+        return jax.lax.fori_loop(
+            start, stop,
+            lambda i, carry: body(i, carry, data, arrays, rngs, teachers),
+            (state, measured))
 
-    program = jax.jit(run, donate_argnums=(0, 1),
-                      out_shardings=(member_sharding(mesh),
-                                     NamedSharding(mesh, P(None, MODEL_AXIS))))
-    self._programs[key] = (program, population_step)
+      self._programs[key] = jax.jit(
+          run, donate_argnums=(0, 1),
+          out_shardings=(member_sharding(mesh),
+                         NamedSharding(mesh, P(None, MODEL_AXIS))))
     return self._programs[key]
 
   def chunks(self, population: int) -> list[tuple[int, int]]:
@@ -1010,13 +1024,12 @@ class Engine:
     running = 0.0  # seconds spent executing, not compiling
     total = len(plan)
     for group, first, stop in segments:
-      program, population_step = self._update_program(updates[group[0]],
-                                                       mesh)
+      program = self._update_program(updates[group[0]], mesh)
       if group not in outputs and self.step_by_step:
         outputs[group] = []
       elif group not in outputs:
         shapes = jax.eval_shape(
-            population_step, state, data,
+            self._population_step(updates[group[0]], mesh), state, data,
             {n: a[0] for n, a in arrays[group].items()}, rngs, teachers)[1]
         length = next(iter(arrays[group].values())).shape[0]
         outputs[group] = jax.device_put(

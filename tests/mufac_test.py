@@ -1,6 +1,5 @@
 """MUFAC builder: fixture layouts, the paper/clean protocols, bad input, real data."""
 
-import collections
 import csv
 import os
 import shutil

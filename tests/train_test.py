@@ -149,10 +149,8 @@ class PopulationTest(absltest.TestCase):
 
     state = engine.with_learning_rate(eng.init(engine.sgd(0.05, 0.9), seeds),
                                       0.05)
-    program, population_step = eng._update_program(
+    step = eng._population_step(
         engine.Update(engine.TASK_OBJECTIVE, engine.SGD), eng.mesh(1))
-    del program
-    step = jax.jit(population_step)
     rngs = train.augmentation_keys(seeds)
     data = eng.splits['train']
     plan = engine.Plan.stack(engine.epoch_plan(
@@ -206,6 +204,25 @@ class PopulationTest(absltest.TestCase):
                                  results['exact'][1].measured[name],
                                  rtol=1e-5, atol=1e-6)
 
+
+  def test_cpu_updates_differing_in_augmentation_share_a_program(self):
+    """On CPU augmentation lives in the batch program: an update that
+    differs only in it compiles a batch program, not a second update."""
+    seeds = (2,)
+    plan = engine.Plan.stack(engine.epoch_plan(
+        [np.arange(16)], batch_size=8, seeds=seeds, epoch=0))
+    eng = make_engine(jax.devices()[:1])
+    self.assertTrue(eng.step_by_step)
+    state = engine.with_learning_rate(eng.init(engine.sgd(0.05, 0.9), seeds),
+                                      0.05)
+    compiled = []
+    for augment in (True, False):
+      state, _ = eng.run(
+          plan, {'train': engine.Update(engine.TASK_OBJECTIVE, engine.SGD,
+                                        augment=augment)},
+          state, train.augmentation_keys(seeds))
+      compiled.append(len(eng.compiler._cache))
+    self.assertEqual(compiled[1] - compiled[0], 1)
 
   def test_compiled_loop_equals_steps_dispatched_one_by_one(self):
     """Accelerators run a chunk of steps as one compiled loop, CPUs queue

@@ -9,12 +9,20 @@ from mufax.unlearning import core
 from mufax.unlearning import loops
 
 
-def retain_loss(forward, inputs, prepared):
-  del prepared
-  return inputs.task_loss(inputs.logits(forward, 'retain'), 'retain'), {}
+def role_task_loss(role: str) -> engine.Objective:
+  """The task loss on the batch of one role, as an objective."""
+
+  def loss(forward, inputs, prepared):
+    del prepared
+    return inputs.task_loss(inputs.logits(forward, role), role), {}
+
+  return engine.Objective(loss, pads=True)
 
 
-RETAIN_LOSS = engine.Objective(retain_loss, pads=True)
+RETAIN_LOSS = role_task_loss('retain')
+# Minimised by MSG's repair of the forget set; its gradient is SalUn's
+# saliency.
+FORGET_LOSS = role_task_loss('forget')
 
 
 def retain_stage(ctx: core.Context, row: str | None, *, learning_rate: float,

@@ -47,7 +47,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mufax import engine
 from mufax.unlearning import core
 from mufax.unlearning import finetune
 from mufax.unlearning import loops
@@ -56,14 +55,6 @@ _SOURCE = ('Cadet, Gayet et al. 2024 (DeepUnlearn), github.com/xcadet/'
            'deepunlearn, munl/unlearning/kgltop2.py')
 # The stream that draws the retain subset of the gradient pass.
 _SUBSET_STREAM = 3
-
-
-def forget_loss(forward, inputs, prepared):
-  del prepared
-  return inputs.task_loss(inputs.logits(forward, 'forget'), 'forget'), {}
-
-
-FORGET_LOSS = engine.Objective(forget_loss, pads=True)
 
 
 def is_conv_kernel(path, leaf) -> bool:
@@ -201,7 +192,7 @@ class MSG(core.SGDMethod):
     hp = self.hparams(ctx)
     bn_train = ctx.bn_train()
     measure = dict(objectives={'retain': finetune.RETAIN_LOSS,
-                               'forget': FORGET_LOSS},
+                               'forget': finetune.FORGET_LOSS},
                    learning_rate=0.0, bn_train=bn_train, epochs=1,
                    optimizer='gradient_sum')
     stages = [

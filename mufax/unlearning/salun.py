@@ -31,8 +31,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from mufax import engine
 from mufax.unlearning import core
+from mufax.unlearning import finetune
 from mufax.unlearning import loops
 from mufax.unlearning import random_labels
 
@@ -45,14 +45,9 @@ _ARGS = ('Fan et al. 2024 (SalUn), github.com/OPTML-Group/'
 SALIENCY = 'salun_forget_gradient'
 
 
-def forget_loss(forward, inputs, prepared):
-  """The task loss on the forget batch (its gradient's magnitude is the
-  saliency; the reference negated it, which `abs` undoes)."""
-  del prepared
-  return inputs.task_loss(inputs.logits(forward, 'forget'), 'forget'), {}
-
-
-SALIENCY_OBJECTIVE = engine.Objective(forget_loss, pads=True)
+# The saliency is the magnitude of the forget loss's gradient (the reference
+# negated the loss, which `abs` undoes).
+SALIENCY_OBJECTIVE = finetune.FORGET_LOSS
 
 
 def saliency_mask(gradient_sums, mask_ratio: float):
