@@ -20,8 +20,8 @@ def role_task_loss(role: str) -> engine.Objective:
 
 
 RETAIN_LOSS = role_task_loss('retain')
-# Minimised by MSG's repair of the forget set; its gradient is SalUn's
-# saliency.
+# Nothing descends it: MSG and SalUn sum its gradient over the forget set
+# (MSG's gradient masks, SalUn's saliency).
 FORGET_LOSS = role_task_loss('forget')
 
 
