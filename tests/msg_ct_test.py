@@ -1,5 +1,5 @@
 """MSG and CT (DeepUnlearn's re-implementations of two NeurIPS 2023 challenge
-entries): what their edits and steps do."""
+entries): what their edits and steps do, on batches as stored."""
 
 import dataclasses
 
@@ -8,6 +8,7 @@ import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
 
+import trees_testing
 import unlearning_test as ut
 
 from mufax import engine
@@ -73,6 +74,14 @@ class _Stages(core.SGDMethod):
 
 def member0(tree):
   return engine.member(tree, 0)
+
+
+def first_steps(ctx, original, stages, **fields):
+  """The variables of the last row when each of `stages` runs only its
+  first step, with `fields` replacing the stages' own (e.g. augment=True)."""
+  cut = [dataclasses.replace(s, plan=s.plan[:1], **fields) for s in stages]
+  *_, row = _Stages(cut).run(ctx, original)
+  return ut.host(row.variables)
 
 
 class MSGTest(parameterized.TestCase):
@@ -272,6 +281,24 @@ class CTTest(absltest.TestCase):
     self.assertGreater(moved, 1e-2)
     self.assertTrue(jax.tree.all(jax.tree.map(
         lambda p: bool(np.isfinite(p).all()), result)))
+
+
+class AugmentationTest(parameterized.TestCase):
+
+  @parameterized.parameters('msg', 'ct')
+  def test_every_stage_sees_batches_as_stored(self, method):
+    """The first step of every stage (MSG's gradient passes included) gives,
+    bit for bit, what it gives with augmentation off, and not what it gives
+    with augmentation on: DeepUnlearn's loaders never augmented."""
+    ctx, original = ut.tiny_context(jax.devices()[:1], epochs=1)
+    stages = unlearning.METHODS[method].stages(ctx)
+    self.assertEqual([s.name for s in stages if s.augment], [])
+    declared = first_steps(ctx, original, stages)
+    jax.tree.map(np.testing.assert_array_equal, declared,
+                 first_steps(ctx, original, stages, augment=False))
+    self.assertGreater(trees_testing.largest_difference(
+        declared['params'],
+        first_steps(ctx, original, stages, augment=True)['params']), 1e-6)
 
 
 if __name__ == '__main__':

@@ -1,5 +1,6 @@
 """random_labels, bad_teaching and l1_sparse: plans, objectives, teachers."""
 
+import dataclasses
 from unittest import mock
 
 import jax
@@ -50,6 +51,21 @@ def run_measuring(ctx, method, original):
   with mock.patch.object(core.SGDMethod, '_run_stage', spy):
     rows = ut.rows_of(ctx, method, original)
   return rows, results
+
+
+def first_steps(ctx, method, original, **fields):
+  """The variables of the method's row (named as the method) when each of
+  its stages runs only its first step, with `fields` replacing the stages'
+  own (e.g. augment=True)."""
+  cls = type(unlearning.METHODS[method])
+  stages = cls.stages
+
+  def cut(self, ctx):
+    return [dataclasses.replace(s, plan=s.plan[:1], **fields)
+            for s in stages(self, ctx)]
+
+  with mock.patch.object(cls, 'stages', cut):
+    return ut.host(ut.rows_of(ctx, method, original)[method].variables)
 
 
 def constant_model(variables, bias):
@@ -150,29 +166,46 @@ class PlanTest(parameterized.TestCase):
 class RandomLabelsTest(parameterized.TestCase):
 
   @parameterized.parameters('mufac', 'multilabel')
-  def test_forget_objective_trains_on_other_labels(self, task):
-    ctx, original = ut.tiny_context(ONE_DEVICE, task=task)
-    stage, = unlearning.METHODS['random_labels'].stages(ctx)
-    objective = stage.objectives['forget']
-    images, labels = batch(ctx, 'forget')
+  def test_forget_objective_trains_on_drawn_labels(self, task):
+    """The forget objective is the task loss against `draw_labels` of the
+    step's key: by default from every label ('all'); with 'other' never
+    the true one."""
+    base, original = ut.tiny_context(ONE_DEVICE, task=task)
+    images, labels = batch(base, 'forget')
     variables = engine.member(original, 0)
-    logits = forward_of(ctx, variables, train=False)(images)
-    drawn = []
-    for seed in (0, 1):
-      rng = jax.random.key(seed)
-      inputs = engine.Inputs({'forget': (images, labels)}, rng, ctx.loss)
-      value, _ = objective.loss(forward_of(ctx, variables, train=False),
-                                inputs, None)
-      other = random_labels.random_other_labels(rng, labels, ctx.num_outputs,
-                                        ctx.loss)
-      self.assertAlmostEqual(float(value),
-                             float(inputs.loss(logits, other)), places=5)
-      # Every example's label is another one than its own.
-      differs = np.asarray(other != labels)
-      self.assertTrue(differs.reshape(len(labels), -1).any(axis=1).all())
-      drawn.append(np.asarray(other))
-    # Drawn afresh from the step's key.
-    self.assertFalse(np.array_equal(*drawn))
+    forward = forward_of(base, variables, train=False)
+    logits = forward(images)
+    for setting, draw in ((None, 'all'), ('other', 'other')):
+      ctx = dataclasses.replace(base, hparams={
+          **base.hparams, **({'labels': setting} if setting else {})})
+      stage, = unlearning.METHODS['random_labels'].stages(ctx)
+      objective = stage.objectives['forget']
+      self.assertEqual(objective.loss.draw, draw)
+      drawn = []
+      for seed in (0, 1):
+        rng = jax.random.key(seed)
+        inputs = engine.Inputs({'forget': (images, labels)}, rng, ctx.loss)
+        value, _ = objective.loss(forward, inputs, None)
+        expected = random_labels.draw_labels(rng, labels, ctx.num_outputs,
+                                             ctx.loss, draw)
+        self.assertAlmostEqual(float(value),
+                               float(inputs.loss(logits, expected)),
+                               places=5)
+        if draw == 'other':
+          differs = np.asarray(expected != labels)
+          self.assertTrue(differs.reshape(len(labels), -1).any(axis=1).all())
+        drawn.append(np.asarray(expected))
+      # Drawn afresh from the step's key.
+      self.assertFalse(np.array_equal(*drawn))
+
+  def test_labels_setting_is_checked(self):
+    method = unlearning.METHODS['random_labels']
+    hp = method.hparams(ut.sized_context('mufac', 20, 46))
+    self.assertEqual(hp.labels, 'all')
+    self.assertEqual(hp.settings()['labels'], 'all')
+    with self.assertRaisesRegex(ValueError,
+                                r"^labels='any': choose one of all, other\.$"):
+      method.hparams(ut.sized_context('mufac', 20, 46, labels='any'))
 
 
 class BadTeachingTest(parameterized.TestCase):
@@ -243,7 +276,7 @@ class BadTeachingTest(parameterized.TestCase):
 
   def test_run_reads_both_teachers_and_writes_neither(self):
     """With teachers whose logits are constant, each split's KL at the first
-    step is known whatever the augmentation: the run must measure those, and
+    step is known whatever the images: the run must measure those, and
     leave both teachers' buffers as they were. On multi-label MUCAC."""
     # One step of all 20 forget and 13 (30% of 46) retain examples.
     ctx, original = ut.tiny_context(ONE_DEVICE, task='multilabel',
@@ -290,6 +323,22 @@ class BadTeachingTest(parameterized.TestCase):
     self.assertEqual(set(made['teachers']), {'original', 'incompetent'})
     jax.tree.map(np.testing.assert_array_equal, made['copies'],
                  ut.host(made['teachers']))
+
+
+  def test_student_and_teachers_see_batches_as_stored(self):
+    """The first step gives, bit for bit, what it gives with augmentation
+    off, and not what it gives with augmentation on: the reference never
+    augmented."""
+    # One step of all 20 forget and 13 (30% of 46) retain examples.
+    ctx, original = ut.tiny_context(ONE_DEVICE, batch_size=33)
+    stage, = unlearning.METHODS['bad_teaching'].stages(ctx)
+    self.assertFalse(stage.augment)
+    declared = first_steps(ctx, 'bad_teaching', original)
+    jax.tree.map(np.testing.assert_array_equal, declared,
+                 first_steps(ctx, 'bad_teaching', original, augment=False))
+    self.assertGreater(trees_testing.largest_difference(
+        declared['params'], first_steps(ctx, 'bad_teaching', original,
+                                        augment=True)['params']), 1e-6)
 
 
 class L1SparseTest(parameterized.TestCase):

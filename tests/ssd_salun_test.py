@@ -177,14 +177,47 @@ class SalUnTest(parameterized.TestCase):
     self.assertTrue(all(np.isfinite(p).all()
                         for p in leaves(end['params'])))
 
+  @parameterized.parameters('all', 'other')
+  def test_relabels_as_random_labels(self, labels):
+    """SalUn's random labels are those of `random_labels`, its `labels`
+    setting included."""
+    objectives = {}
+    for method in (salun.SalUn('salun'),
+                   random_labels.RandomLabels('random_labels')):
+      ctx = dataclasses.replace(
+          ut.sized_context('mufac', 20, 46, labels=labels), num_outputs=8)
+      objectives[method.name] = method.stages(ctx)[-1].objectives[
+          'forget'].loss
+    self.assertEqual(objectives['salun'],
+                     random_labels.RandomLabelForgetLoss(8, labels))
+    self.assertEqual(objectives['salun'], objectives['random_labels'])
 
-class RandomOtherLabelsTest(parameterized.TestCase):
+
+class DrawLabelsTest(parameterized.TestCase):
 
   @parameterized.parameters((8, np.int64), (2, np.int32))
-  def test_softmax(self, classes, dtype):
+  def test_softmax_all(self, classes, dtype):
+    """The reference's draw: every class alike, the true one included."""
+    labels = np.tile(np.arange(classes), 1000).astype(dtype)
+    out = np.asarray(random_labels.draw_labels(
+        jax.random.key(0), labels, classes, 'softmax', 'all'))
+    self.assertEqual(out.shape, labels.shape)
+    self.assertEqual(out.dtype, jnp.asarray(labels).dtype)
+    self.assertTrue(((out >= 0) & (out < classes)).all())
+    # Each true class is followed by every class, itself included, each
+    # about 1000 / classes times.
+    for true in range(classes):
+      counts = np.bincount(out[labels == true], minlength=classes)
+      self.assertGreater(counts.min(), 0.7 * 1000 / classes, true)
+      self.assertLess(counts.max(), 1.3 * 1000 / classes, true)
+    self.assertAlmostEqual(float((out == labels).mean()), 1 / classes,
+                           delta=0.2 / classes)
+
+  @parameterized.parameters((8, np.int64), (2, np.int32))
+  def test_softmax_other(self, classes, dtype):
     labels = np.tile(np.arange(classes), 500).astype(dtype)
-    out = np.asarray(random_labels.random_other_labels(
-        jax.random.key(0), labels, classes, 'softmax'))
+    out = np.asarray(random_labels.draw_labels(
+        jax.random.key(0), labels, classes, 'softmax', 'other'))
     self.assertEqual(out.shape, labels.shape)
     self.assertEqual(out.dtype, jnp.asarray(labels).dtype)
     self.assertFalse((out == labels).any())
@@ -194,10 +227,30 @@ class RandomOtherLabelsTest(parameterized.TestCase):
     self.assertEqual(counts[0], 0)
     self.assertGreater(counts[1:].min(), 0.5 * 500 / (classes - 1))
 
-  def test_sigmoid(self):
+  def test_sigmoid_all(self):
+    """Every one of the 8 attribute vectors alike, the true one included:
+    each of the 8 flip patterns (none flipped among them) about 1/8 of the
+    time, whatever the true vector."""
+    labels = np.random.default_rng(0).integers(0, 2, (8000, 3))
+    out = np.asarray(random_labels.draw_labels(
+        jax.random.key(1), labels, 3, 'sigmoid', 'all'))
+    self.assertEqual(out.shape, labels.shape)
+    self.assertEqual(out.dtype, jnp.asarray(labels).dtype)
+    self.assertTrue(np.isin(out, (0, 1)).all())
+    flips = ((out != labels) * (1 << np.arange(3))).sum(-1)
+    counts = np.bincount(flips, minlength=8)
+    self.assertGreater(counts.min(), 0.85 * 1000)
+    self.assertLess(counts.max(), 1.15 * 1000)
+    # The vector drawn does not depend on the true one.
+    vectors = (out * (1 << np.arange(3))).sum(-1)
+    for true in range(8):
+      drawn = vectors[(labels * (1 << np.arange(3))).sum(-1) == true]
+      self.assertEqual(set(np.unique(drawn)), set(range(8)), true)
+
+  def test_sigmoid_other(self):
     labels = np.random.default_rng(0).integers(0, 2, (4000, 3))
-    out = np.asarray(random_labels.random_other_labels(
-        jax.random.key(1), labels, 3, 'sigmoid'))
+    out = np.asarray(random_labels.draw_labels(
+        jax.random.key(1), labels, 3, 'sigmoid', 'other'))
     self.assertEqual(out.shape, labels.shape)
     self.assertEqual(out.dtype, jnp.asarray(labels).dtype)
     self.assertTrue(np.isin(out, (0, 1)).all())
@@ -205,6 +258,11 @@ class RandomOtherLabelsTest(parameterized.TestCase):
     # All 7 other vectors are drawn: any subset of attributes may flip.
     flips = ((out != labels) * (1 << np.arange(3))).sum(-1)
     self.assertEqual(set(np.unique(flips)), set(range(1, 8)))
+
+  def test_unknown_draw_is_refused(self):
+    with self.assertRaisesRegex(ValueError, "draw='any'"):
+      random_labels.draw_labels(jax.random.key(0), np.arange(4), 8,
+                                'softmax', 'any')
 
 
 if __name__ == '__main__':

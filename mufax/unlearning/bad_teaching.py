@@ -25,6 +25,13 @@ each shuffled every epoch and dealt out in those counts. The student sees
 each step's forget and retain images in one forward pass, so train-mode
 BatchNorm normalises by the mixed batch as in the reference.
 
+The student and both teachers see the images as stored, without the
+training transforms (`Stage.augment`), as in the reference, whose
+`transform_train` (dataset.py) only resizes and normalises; DeepUnlearn's
+re-implementation (github.com/xcadet/deepunlearn, munl/unlearning/
+bad_teacher.py) also reads its un-augmented `default_loaders`
+(munl/settings.py).
+
 The incompetent teacher of each member is initialised, like a fresh model
 (`models.init_variables`), from that member's seed folded with a constant,
 so it differs from the original's initialisation (`Engine.init` splits the
@@ -191,7 +198,8 @@ class BadTeachingMethod(core.SGDMethod):
         row='bad_teaching', plan=core.step_plan('distil', plan),
         objectives={'distil': objective}, learning_rate=hp.lr,
         bn_train=ctx.bn_train(), epochs=hp.epochs,
-        teachers=('original', 'incompetent'), optimizer='adam')]
+        teachers=('original', 'incompetent'), optimizer='adam',
+        augment=False)]
 
   def teachers(self, ctx, original):
     return {'original': original,

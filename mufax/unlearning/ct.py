@@ -11,7 +11,10 @@ stem's, the blocks' and the shortcuts') is swapped on its two spatial axes
 [H, W, in, out] becomes [W, H, in, out]), then SGD with momentum on retain
 in train mode, the learning rate following `CosineAnnealingLR(T_max=epochs)`
 stepped per epoch (lr x [1, 0.75, 0.25] for 3 epochs). The forget set is
-not used.
+not used. The retain batches are the images as stored, without the training
+transforms (`Stage.augment`), as the reference's `KGLTop5` reads
+DeepUnlearn's un-augmented `default_loaders` (test-time transforms;
+munl/settings.py).
 
 Where mufax departs from the reference: no weight decay (it used 5e-4); each
 epoch is a stage of its own, at its learning rate, so the momentum buffer
@@ -86,5 +89,5 @@ class CT(core.SGDMethod):
               seed=ctx.seed, first_epoch=epoch)),
           objectives={'retain': finetune.RETAIN_LOSS}, learning_rate=lr,
           bn_train=ctx.bn_train(), epochs=1, momentum=hp.momentum,
-          edit=transpose_kernels if epoch == 0 else None))
+          edit=transpose_kernels if epoch == 0 else None, augment=False))
     return stages

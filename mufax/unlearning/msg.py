@@ -28,6 +28,12 @@ Benchmarking Machine Unlearning for Image Classification", arXiv 2410.01276,
    epoch: up linearly over (epochs + 1) // 2 epochs, then down
    (lr x [1/3, 2/3, 1, 2/3, 1/3] for 5 epochs).
 
+Every stage, the gradient passes included, sees the images as stored,
+without the training transforms (`Stage.augment`), as the reference's
+`KGLTop2` reads DeepUnlearn's un-augmented `default_loaders` (test-time
+transforms; munl/settings.py), whose datasets `get_grads_for_snip` also
+samples its retain subset from.
+
 Where mufax departs from the reference: no weight decay (it used 5e-4); each
 epoch is a stage of its own, at its learning rate, so the momentum buffer
 restarts at each epoch; the gradient passes' BatchNorm running statistics are
@@ -194,7 +200,7 @@ class MSG(core.SGDMethod):
     measure = dict(objectives={'retain': finetune.RETAIN_LOSS,
                                'forget': finetune.FORGET_LOSS},
                    learning_rate=0.0, bn_train=bn_train, epochs=1,
-                   optimizer='gradient_sum')
+                   optimizer='gradient_sum', augment=False)
     stages = [
         core.Stage(row=None, name='retain_gradients',
                    plan=core.step_plan('retain', retain_subset_plan(
@@ -219,5 +225,5 @@ class MSG(core.SGDMethod):
           objectives={'retain': finetune.RETAIN_LOSS}, learning_rate=lr,
           bn_train=bn_train, epochs=1, optimizer='scaled_sgd',
           momentum=hp.momentum, edit=edit if epoch == 0 else None,
-          gradient_scale=scales))
+          gradient_scale=scales, augment=False))
     return stages

@@ -16,7 +16,10 @@ Reference: github.com/OPTML-Group/Unlearn-Saliency, Classification/
    (their momentum stays zero). The row is `salun`.
 
 The random labels, plan and optimizer are those of `random_labels` (the
-same reference, unmasked), at SalUn's learning rate.
+same reference, unmasked), at SalUn's learning rate; its `labels` setting
+too: by default each forget label is drawn from all classes, the true one
+included, as RL.py does (`labels='other'`: from the others only, as the
+paper writes it).
 
 Departures: mufax has no weight decay (the reference used 5e-4; its
 restoring of unmasked weights after each step, which only undid that decay,
@@ -70,7 +73,8 @@ def saliency_mask(gradient_sums, mask_ratio: float):
 
 @dataclasses.dataclass(frozen=True)
 class SalUnHparams(random_labels.RandomLabelsHparams):
-  # Batch size, epochs and momentum as random labels (the same reference).
+  # Batch size, epochs, momentum and labels as random labels (the same
+  # reference).
   lr: float = core.hparam(0.013, source=_SOURCE + ' (--unlearn_lr)',
                           positive=True)
   # Fraction of parameter elements the mask keeps.
