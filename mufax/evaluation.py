@@ -17,6 +17,7 @@ import numpy as np
 
 from mufax import evaluators
 from mufax import files
+from mufax.evaluators import low_fpr
 
 
 def population(workdir: str,
@@ -77,9 +78,8 @@ def write_csv(path: str, lines: Sequence[Mapping]) -> None:
 # Columns first in the table, in this order; any other column an evaluator
 # writes follows them.
 LEADING_COLUMNS = ('F', 'final_score', 'lira_accuracy', 'lira_auc',
-                   'F_identity', 'lira_accuracy_identity', 'tpr_at_1%_fpr',
-                   'tpr_at_0.1%_fpr', 'retain_accuracy', 'relative_seconds',
-                   'relative_flops')
+                   'F_identity', 'lira_accuracy_identity', low_fpr.COLUMN_PREFIX,
+                   'retain_accuracy', 'relative_seconds', 'relative_flops')
 # Per-model values the runner's own table already shows, with their
 # intervals, and F's N, which goes into F's heading.
 SHOWN_ELSEWHERE = ('test_accuracy', 'mia', 'seconds', 'flops', 'F_N')
@@ -93,8 +93,17 @@ def columns(results: Mapping[str, evaluators.Result]) -> list[str]:
       if (not key.endswith(evaluators.CI_SUFFIX) and key not in found
           and key not in SHOWN_ELSEWHERE):
         found.append(key)
-  return ([c for c in LEADING_COLUMNS if c in found]
-          + [c for c in found if c not in LEADING_COLUMNS])
+
+  def rank(column: str) -> int:
+    # The low-FPR columns are named by the rate they reach: they lead by
+    # their prefix, in the order their evaluator wrote them.
+    for i, lead in enumerate(LEADING_COLUMNS):
+      if column == lead or (lead == low_fpr.COLUMN_PREFIX
+                            and column.startswith(lead)):
+        return i
+    return len(LEADING_COLUMNS)
+
+  return sorted(found, key=rank)
 
 
 def format_table(results: Mapping[str, evaluators.Result]) -> str:

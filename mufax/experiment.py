@@ -38,6 +38,7 @@ from mufax import plugins
 from mufax import unlearning
 from mufax.data import prepare
 from mufax.data import splits as splits_lib
+from mufax.evaluators import base as evaluator_base
 from mufax.evaluators import confidence
 from mufax.evaluators import intervals
 
@@ -45,6 +46,9 @@ MODELS = {'resnet18': models.ResNet18, 'resnet_tiny': models.ResNetTiny}
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # What each from-scratch model trains on.
 TRAIN_SPLIT = {'original': 'train', 'retrain': 'retain', 'oracle': 'retain'}
+# Populations with seeds of their own, as multiples of N past config.seed;
+# the originals and every method's own randomness use stream 0.
+SEED_STREAMS = {'retrain': 1, 'oracle': 2}
 # Splits whose per-sample losses are kept, and that the MIA compares.
 LOSS_SPLITS = ('forget', 'unseen', 'test', 'retain')
 # What a run writes to its workdir, besides checkpoints.
@@ -127,13 +131,20 @@ def recipe(config: ml_collections.ConfigDict, kind: str) -> train.Recipe:
 
 
 def seeds_of(config, kind: str = 'method') -> tuple[int, ...]:
-  """The population's seeds: config.seed + 0..N-1; the original's alone
-  (config.seed) when every member unlearns from one shared original."""
+  """The population's seeds: config.seed + 0..N-1 for the originals and the
+  methods (the original's alone, config.seed, when every member unlearns
+  from one shared original); N..2N-1 for retraining and 2N..3N-1 for the
+  oracle.
+
+  Retrained model k never shares an initialisation, data order or
+  augmentation draw with original k: a seed-paired retrained population
+  would look like its unlearned twins and flatter F and the attack
+  (docs/evaluation.md §1).
+  """
   if kind == 'original' and config.population.shared_original:
     return (config.seed,)
   n = config.population.size
-  # The oracle is retraining with seeds no other population uses.
-  first = config.seed + (n if kind == 'oracle' else 0)
+  first = config.seed + n * SEED_STREAMS.get(kind, 0)
   return tuple(first + k for k in range(n))
 
 
@@ -397,6 +408,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
                  f'methods: {", ".join(names)}')
   engine_lib.log(engine.memory_plan(
       len(seeds), engine.abstract_state(engine_lib.SGD, len(seeds))))
+  if too_few_models(config):
+    engine_lib.log(too_few_models(config))
 
   def from_scratch(kind):
     return train_from_scratch(kind, config, engine=engine, workdir=workdir)
@@ -496,6 +509,18 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
   return records
 
 
+def too_few_models(config) -> str | None:
+  """The line that says F and the attack are left out, for populations of
+  2..MIN_MODELS-1 models; None otherwise."""
+  n = config.population.size
+  if 1 < n < evaluator_base.MIN_MODELS:
+    return (f'config.population.size={n}: F and the likelihood-ratio attack '
+            f'need at least {evaluator_base.MIN_MODELS} models per row to '
+            'mean anything (docs/evaluation.md §3); the table leaves them '
+            'out.')
+  return None
+
+
 def save_losses(workdir: str, name: str, losses: dict[str, np.ndarray]):
   with files.replaced_atomically(
       os.path.join(workdir, 'losses', f'{name}.npz'), 'wb') as f:
@@ -531,9 +556,12 @@ def previous_records(workdir: str, config) -> dict[str, dict]:
     pass
   except (OSError, json.JSONDecodeError):
     engine_lib.log(f'{path} is unreadable; its rows are computed again')
+  # A row saved with other seeds than seeds_of gives it (by a version that
+  # seeded it otherwise) is made again.
   done = {r['method']: r for r in saved.get('records', [])
-          if 'diverged' in r or os.path.exists(
-              os.path.join(workdir, 'losses', f'{r["method"]}.npz'))}
+          if r.get('seed') == seeds_of(config, r['method'])[0]
+          and ('diverged' in r or os.path.exists(
+              os.path.join(workdir, 'losses', f'{r["method"]}.npz')))}
   if jax.process_count() > 1:
     # Every process reads the same files before process 0 moves any.
     multihost_utils.sync_global_devices('mufax: previous results read')
@@ -571,6 +599,8 @@ def write_results(workdir: str, records: list[dict], config,
     if extended:
       f.write('\n## Against retraining (docs/evaluation.md)\n\n'
               f'{evaluation.format_table(extended)}\n\n{EXTENDED_LEGEND}\n')
+      if too_few_models(config):
+        f.write(f'\n{too_few_models(config)}\n')
       least = evaluation.format_least_forgotten(extended)
       if least:
         f.write('\n### The five least-forgotten people of each row\n\n'
@@ -585,9 +615,12 @@ EXTENDED_LEGEND = (
     'final_score: F × retain and test accuracy relative to retraining; '
     'lira_*: likelihood-ratio attack telling the row\'s models from '
     'retrained ones (accuracy 0.5, AUC 0.5: no better than chance), per '
-    'example and per identity; tpr_at_*_fpr: loss attack, forget against '
-    'unseen, at a low false-positive rate; relative_*: cost over '
-    'retraining\'s.')
+    'example and per identity; tpr_at_X%_fpr: loss attack, forget against '
+    'unseen, at the false-positive rate X that the unseen set can give (0%: '
+    'no false positive at all); relative_*: cost over retraining\'s. '
+    '± after F and the attack accuracies: half the width of a 95% bootstrap '
+    'interval over the forget identities; after a per-model column: the 95% '
+    't half width over the seeds.')
 
 
 def write_plots(workdir: str, records: list[dict], config,

@@ -226,11 +226,12 @@ def plot_epsilon_distributions(tables: Mapping[str, Mapping[str, Sequence]],
 def plot_accuracy_vs_forget_score(scalars: Mapping[str, Mapping[str, float]],
                                   path: str, *, title: str = '') -> None:
   """Test accuracy (mean ± 95% interval over seeds) against the forget
-  score F, one point per row that has both.
+  score F (± its bootstrap interval over identities), one point per row that
+  has both.
 
   Args:
-    scalars: row -> its evaluation scalars (`F`, `test_accuracy` and
-      `test_accuracy_ci95`).
+    scalars: row -> its evaluation scalars (`F`, `F_ci95`, `test_accuracy`
+      and `test_accuracy_ci95`).
     path: where to write the PNG.
     title: title of the figure.
   """
@@ -242,8 +243,10 @@ def plot_accuracy_vs_forget_score(scalars: Mapping[str, Mapping[str, float]],
   ax = fig.add_subplot()
   for i, (name, s) in enumerate(points.items()):
     half = s.get('test_accuracy_ci95', math.nan)
+    f_half = s.get('F_ci95', math.nan)
     ax.errorbar(s['F'], s['test_accuracy'],
-                yerr=half if np.isfinite(half) else None, fmt='o',
+                yerr=half if np.isfinite(half) else None,
+                xerr=f_half if np.isfinite(f_half) else None, fmt='o',
                 capsize=3, color='black' if name == 'oracle' else 'tab:blue')
     dx, dy = _LABEL_OFFSETS[i % len(_LABEL_OFFSETS)]
     ax.annotate(name, (s['F'], s['test_accuracy']), xytext=(dx, dy),
@@ -251,7 +254,8 @@ def plot_accuracy_vs_forget_score(scalars: Mapping[str, Mapping[str, float]],
                 ha='left' if dx > 0 else 'right',
                 va='bottom' if dy > 0 else 'top')
   ax.set_xlim(-0.02, 1.02)
-  ax.set_xlabel('forget score F against retraining  (higher is better)')
+  ax.set_xlabel('forget score F against retraining, ± 95% bootstrap interval '
+                '(higher is better)')
   ax.set_ylabel('test accuracy, mean ± 95% interval  (higher is better)')
   if title:
     fig.suptitle(title)

@@ -21,10 +21,7 @@ DELTA = epsilon.DELTA
 
 
 def literal_epsilon(u, r):
-  """§3 for one example, rule by rule as written (np.linspace grids).
-
-  The right ends get the ⌈2b · 100⌉ points that their exact range has.
-  """
+  """§3 for one example, rule by rule as written (np.linspace grids)."""
   p, q = (r, u) if np.median(r) > np.median(u) else (u, r)
   span_p, span_q = np.ptp(p), np.ptp(q)
   narrow, wide = sorted((span_p, span_q))
@@ -35,7 +32,8 @@ def literal_epsilon(u, r):
   fnr, fpr = [np.mean(p < t, -1)], [np.mean(q >= t, -1)]
   a, b = (p, q) if span_p >= span_q else (q, p)
   w = np.ptp(b)
-  rights = np.linspace(b.min() + w - 2, b.max() + 2, 400)
+  first, last = b.min() + w - 2, b.max() + 2
+  rights = np.linspace(first, last, math.ceil((last - first) * 100))
   lefts = np.linspace(rights - w - 2, rights - w + 2, 400, axis=-1)
   inside = lambda x: (lefts[..., None] <= x) & (x <= rights[:, None, None])
   fnr.append(np.mean(~inside(b), -1).ravel())
@@ -45,11 +43,10 @@ def literal_epsilon(u, r):
     return 50.0
   keep = (fpr > 0) & (fnr > 0)
   fpr, fnr = fpr[keep], fnr[keep]
+  # A rule with FPR = FNR = 1 has two NaN logs: dropped, like the others.
   with np.errstate(invalid='ignore'):
     ratios = np.stack([np.log(1 - DELTA - fpr) - np.log(fnr),
                        np.log(1 - DELTA - fnr) - np.log(fpr)])
-  if np.any(np.all(np.isnan(ratios), axis=0)):
-    return 50.0
   return float(np.clip(np.nanmax(ratios, initial=0.0), 0.0, 50.0))
 
 
@@ -83,6 +80,22 @@ class IntervalsTest(absltest.TestCase):
     self.assertEqual(
         intervals.summarise({'a': [1.0, 2.0, 3.0], 'b': [4.0]}).keys(),
         {'a', 'a_ci95', 'b'})
+
+  def test_bootstrap_resamples_people_not_images(self):
+    rng = np.random.default_rng(0)
+    values, people = rng.normal(size=200), np.arange(200)
+    half = intervals.bootstrap_half_width(values, people)
+    # Near the normal interval of a mean of 200 independent values.
+    self.assertAlmostEqual(half, 1.96 * values.std() / np.sqrt(200),
+                           delta=0.15 * half)
+    # Ten identical images per person are one person's worth of evidence:
+    # the interval does not shrink by √10.
+    self.assertAlmostEqual(
+        intervals.bootstrap_half_width(np.repeat(values, 10),
+                                       np.repeat(people, 10)), half)
+    self.assertEqual(intervals.bootstrap_half_width(values, people), half)
+    self.assertEqual(intervals.bootstrap_half_width(np.ones(30),
+                                                    np.arange(30) % 7), 0.0)
 
 
 class ConfidenceTest(absltest.TestCase):
@@ -172,7 +185,7 @@ class EpsilonTest(parameterized.TestCase):
   def test_rule_epsilons(self):
     table = epsilon.rule_epsilons(4)
     self.assertEqual(table[4, 0], np.inf)  # perfect
-    self.assertEqual(table[0, 4], np.inf)  # perfect once inverted
+    self.assertEqual(table[0, 4], 0.0)  # FPR = FNR = 1: dropped
     self.assertEqual(table[2, 0], 0.0)  # FPR = 0 alone: discarded
     self.assertEqual(table[4, 2], 0.0)  # FNR = 0 alone: discarded
     self.assertEqual(table[2, 2], 0.0)  # chance
@@ -216,6 +229,14 @@ class EpsilonTest(parameterized.TestCase):
       epsilon.epsilons(np.full((4, 3), np.nan), np.zeros((4, 3)))
 
 
+def direct_log_ratio(x, u_pool, r_pool):
+  """Λ of φ `x` from Gaussians fitted to the two pools, by scipy."""
+  fit = lambda pool: (pool.mean(), max(pool.var(), lira.VARIANCE_FLOOR))
+  (mu_u, var_u), (mu_r, var_r) = fit(u_pool), fit(r_pool)
+  return (stats.norm.logpdf(x, mu_u, math.sqrt(var_u))
+          - stats.norm.logpdf(x, mu_r, math.sqrt(var_r)))
+
+
 class LiraTest(absltest.TestCase):
 
   def test_same_distribution_is_chance(self):
@@ -230,22 +251,22 @@ class LiraTest(absltest.TestCase):
 
   def test_log_ratios_leave_the_target_out(self):
     rng = np.random.default_rng(2)
-    u, r = rng.normal(size=(5, 3)), rng.normal(1, 2, size=(4, 3))
-    on_u, on_r = lira.log_ratios(u, r)
-
-    def log_ratio(x, u_pool, r_pool):
-      fit = lambda pool: (pool.mean(), max(pool.var(), lira.VARIANCE_FLOOR))
-      (mu_u, var_u), (mu_r, var_r) = fit(u_pool), fit(r_pool)
-      return (stats.norm.logpdf(x, mu_u, math.sqrt(var_u))
-              - stats.norm.logpdf(x, mu_r, math.sqrt(var_r)))
-
-    for i in range(3):
-      for m in range(5):
-        self.assertAlmostEqual(
-            on_u[m, i], log_ratio(u[m, i], np.delete(u[:, i], m), r[:, i]))
-      for m in range(4):
-        self.assertAlmostEqual(
-            on_r[m, i], log_ratio(r[m, i], u[:, i], np.delete(r[:, i], m)))
+    for u_models, r_models in ((5, 4), (5, 5)):
+      u = rng.normal(size=(u_models, 3))
+      r = rng.normal(1, 2, size=(r_models, 3))
+      on_u, on_r = lira.log_ratios(u, r)
+      paired = u_models == r_models
+      for i in range(3):
+        # Pools of one size are seed-paired: the target's twin leaves the
+        # other pool's fit too.
+        without = lambda pool, m: np.delete(pool[:, i], m)
+        other = lambda pool, m: without(pool, m) if paired else pool[:, i]
+        for m in range(u_models):
+          self.assertAlmostEqual(on_u[m, i], direct_log_ratio(
+              u[m, i], without(u, m), other(r, m)))
+        for m in range(r_models):
+          self.assertAlmostEqual(on_r[m, i], direct_log_ratio(
+              r[m, i], other(u, m), without(r, m)))
 
   def test_variance_floor(self):
     on_u, _ = lira.log_ratios(np.zeros((3, 1)), np.ones((3, 1)))
@@ -307,6 +328,24 @@ class LowFprTest(absltest.TestCase):
     self.assertEqual(result['per_seed']['tpr_at_0.1%_fpr'], [0.5, 0.0])
     self.assertEqual(result['scalars']['tpr_at_0.1%_fpr'], 0.25)
 
+  def test_columns_are_named_by_the_rate_reached(self):
+    for negatives, columns in (
+        (1000, ['tpr_at_1%_fpr', 'tpr_at_0.1%_fpr']),
+        (1062, ['tpr_at_0.942%_fpr', 'tpr_at_0.0942%_fpr']),
+        (400, ['tpr_at_1%_fpr', 'tpr_at_0%_fpr']),
+        (50, ['tpr_at_0%_fpr'])):
+      rng = np.random.default_rng(negatives)
+      unseen = rng.exponential(size=(2, negatives))
+      # Half the forget losses below every unseen one.
+      forget = np.concatenate([np.zeros((2, 5)), unseen[:, :5] + 1], axis=1)
+      row = base.Population('x', {}, {'forget': forget, 'unseen': unseen},
+                            [{}] * 2)
+      result = low_fpr.evaluate(row, synthetic_references(2))
+      self.assertEqual(list(result['per_seed']), columns, negatives)
+      if columns[-1] == 'tpr_at_0%_fpr':
+        # At zero false positives only the losses below every unseen one.
+        self.assertEqual(result['per_seed']['tpr_at_0%_fpr'], [0.5, 0.5])
+
 
 def synthetic_references(n_models, seed=0):
   """Small populations whose rows have every input an evaluator reads."""
@@ -339,30 +378,34 @@ class RegistryTest(parameterized.TestCase):
 
   @parameterized.parameters(*sorted(evaluators.EVALUATORS))
   def test_uniform_result(self, name):
-    refs = synthetic_references(n_models=4)
+    refs = synthetic_references(n_models=8)
     result = evaluators.EVALUATORS[name](refs.original, refs)
     self.assertEqual(set(result), {'scalars', 'per_seed', 'tables'})
     self.assertNotEmpty(result['scalars'])
     for column, value in result['scalars'].items():
       self.assertIsInstance(value, float, column)
     for column, values in result['per_seed'].items():
-      self.assertLen(values, 4)
+      self.assertLen(values, 8)
       self.assertEqual(result['scalars'][column], np.mean(values))
       self.assertIn(column + '_ci95', result['scalars'])
     for rows in result['tables'].values():
       self.assertTrue(all(isinstance(r, dict) for r in rows))
 
   def test_evaluate_merges_everything(self):
-    refs = synthetic_references(n_models=4)
+    refs = synthetic_references(n_models=8)
     result = evaluators.evaluate(refs.oracle, refs)
     for column in ('F', 'F_N', 'final_score', 'lira_accuracy', 'lira_auc',
-                   'F_identity', 'lira_accuracy_identity', 'tpr_at_1%_fpr',
+                   'F_identity', 'lira_accuracy_identity', 'F_ci95',
+                   'lira_accuracy_ci95', 'F_identity_ci95',
+                   'lira_accuracy_identity_ci95',
+                   # 40 unseen losses: 1% is 0 false positives.
+                   'tpr_at_0%_fpr',
                    'relative_seconds_ci95', 'relative_flops',
                    'test_accuracy', 'seconds_ci95'):
       self.assertIn(column, result['scalars'])
     self.assertNotIn('seed', result['per_seed'])
     self.assertNotIn('label', result['per_seed'])
-    self.assertEqual(result['scalars']['F_N'], 4.0)
+    self.assertEqual(result['scalars']['F_N'], 8.0)
     self.assertEqual(set(result['tables']),
                      {'examples', 'identities', 'least_forgotten'})
     examples = result['tables']['examples']
@@ -374,19 +417,31 @@ class RegistryTest(parameterized.TestCase):
                                       refs.retrain.phi['forget']).tolist())
 
   def test_retrain_is_not_scored_against_itself(self):
-    refs = synthetic_references(n_models=4)
+    refs = synthetic_references(n_models=8)
     result = evaluators.evaluate(refs.retrain, refs)
     self.assertNotIn('F', result['scalars'])
     self.assertNotIn('lira_accuracy', result['scalars'])
     self.assertAlmostEqual(result['scalars']['relative_seconds'], 1.0)
 
-  def test_shared_original_is_not_scored(self):
-    refs = synthetic_references(n_models=4)
+  def test_shared_original_is_scored_as_identical_members(self):
+    refs = synthetic_references(n_models=8)
     one = base.Population('original',
                           {'forget': refs.original.phi['forget'][:1]}, {},
                           refs.original.records[:1])
-    self.assertEqual(evaluators.evaluate(one, refs, ['epsilon', 'lira']),
-                     base.result())
+    scalars = evaluators.evaluate(one, refs, ['epsilon', 'lira'])['scalars']
+    # One model is a point mass beside a population: every example's pools
+    # are peaky (ε = 50) and the attack always tells it apart.
+    self.assertEqual(scalars['F'], 0.0)
+    self.assertEqual(scalars['F_N'], 8.0)
+    self.assertEqual(scalars['lira_accuracy'], 1.0)
+
+  def test_too_few_models_leave_f_and_the_attack_out(self):
+    refs = synthetic_references(n_models=base.MIN_MODELS - 1)
+    scalars = evaluators.evaluate(refs.oracle, refs)['scalars']
+    for column in ('F', 'lira_accuracy', 'F_identity',
+                   'lira_accuracy_identity'):
+      self.assertNotIn(column, scalars)
+    self.assertIn('test_accuracy', scalars)
 
   def test_cost_is_relative_to_retraining(self):
     refs = synthetic_references(n_models=4)
@@ -401,7 +456,7 @@ class RegistryTest(parameterized.TestCase):
   def test_clashing_columns(self):
     evaluators.register('clash')(lambda row, refs: base.result({'F': 0.0}))
     self.addCleanup(evaluators.EVALUATORS.pop, 'clash')
-    refs = synthetic_references(n_models=4)
+    refs = synthetic_references(n_models=8)
     with self.assertRaisesRegex(ValueError, "'clash' writes scalars"):
       evaluators.evaluate(refs.oracle, refs, ['epsilon', 'clash'])
     with self.assertRaisesRegex(ValueError, 'registered twice'):

@@ -115,17 +115,28 @@ def evaluate(row: Population, refs: References,
   return merged
 
 
+# Fewest models per population for which F and the attack mean something:
+# between two populations of one distribution the attack scores 0.004 at
+# N = 2, 0.41 at N = 3 and 0.49 from N = 8 on (docs/evaluation.md §3).
+MIN_MODELS = 8
+
+
 def forget_pools(row: Population,
                  refs: References) -> tuple[np.ndarray, np.ndarray] | None:
-  """The row's and retraining's forget φ, [N, n_forget] float64 each; None
-  where a forgetting score does not apply: the retrain row itself, a row
-  without forget φ, or populations of different sizes or of one model (a
-  shared original), which the §3 and §4 attacks cannot compare."""
+  """The row's and retraining's forget φ, [N, n_forget] float64 each.
+
+  A row of one model (a shared original) stands for N identical members: it
+  is the same model whichever seed unlearns it. None where a forgetting
+  score does not apply: the retrain row itself, a row without forget φ, or
+  populations of different sizes or of fewer than MIN_MODELS models.
+  """
   if row.name == refs.retrain.name or 'forget' not in row.phi:
     return None
   u = np.asarray(row.phi['forget'], dtype=np.float64)
   r = np.asarray(refs.retrain.phi['forget'], dtype=np.float64)
-  if u.shape[0] != r.shape[0] or u.shape[0] < 2:
+  if u.shape[0] == 1:
+    u = np.repeat(u, r.shape[0], axis=0)
+  if u.shape[0] != r.shape[0] or u.shape[0] < MIN_MODELS:
     return None
   return u, r
 

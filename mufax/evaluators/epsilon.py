@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from mufax.evaluators import base
+from mufax.evaluators import intervals
 
 DELTA = 1e-5
 EPSILON_CAP = 50.0
@@ -33,9 +34,11 @@ def rule_epsilons(n_models: int, delta: float = DELTA) -> np.ndarray:
 
   TP counts the positive pool's models that the rule calls positive, FP the
   negative pool's; FNR = (N − TP)/N, FPR = FP/N. A perfect rule is +∞; a
-  rule with exactly one of FPR, FNR zero is discarded (0 here, the floor of
-  ε); otherwise max(0, log(1 − δ − FPR) − log FNR, log(1 − δ − FNR) −
-  log FPR).
+  dropped rule is 0 here, the floor of ε: one with exactly one of FPR, FNR
+  zero, and one with FPR = FNR = 1, whose logs are both NaN (the challenge's
+  `nanmax` of two NaNs is NaN, which drops it). Otherwise max(0,
+  log(1 − δ − FPR) − log FNR, log(1 − δ − FNR) − log FPR), a NaN log (a rate
+  of 1) ignored.
   """
   tp = np.arange(n_models + 1)[:, None]
   fpr = np.arange(n_models + 1)[None, :] / n_models
@@ -43,10 +46,7 @@ def rule_epsilons(n_models: int, delta: float = DELTA) -> np.ndarray:
   with np.errstate(divide='ignore', invalid='ignore'):
     ratio_1 = np.log(1 - delta - fpr) - np.log(fnr)
     ratio_2 = np.log(1 - delta - fnr) - np.log(fpr)
-  eps = np.maximum(np.fmax(ratio_1, ratio_2), 0.0)
-  # FPR = FNR = 1 (both logs NaN): the inverted rule is perfect; the
-  # challenge's code counts it as +∞ too.
-  eps = np.where(np.isnan(ratio_1) & np.isnan(ratio_2), np.inf, eps)
+  eps = np.fmax(np.fmax(ratio_1, ratio_2), 0.0)
   eps = np.where((fpr == 0) | (fnr == 0), 0.0, eps)
   return np.where((fpr == 0) & (fnr == 0), np.inf, eps)
 
@@ -61,22 +61,22 @@ def _threshold_counts(p: np.ndarray, q: np.ndarray):
 
 def _interval_counts(a: np.ndarray, b: np.ndarray):
   """(TP, FP) of the interval rules l ≤ φ ≤ r, with b (the peakier pool) the
-  positive one; each achievable pair at least once.
+  positive one: every pair that some rule of the grid gives.
 
-  The right ends run from min(b) + w − BUFFER to max(b) + BUFFER, where
-  w = max(b) − min(b): a range of exactly 2·BUFFER, like each right end's
-  left ends, so both grids have n = ⌈2·BUFFER·GRID_DENSITY⌉ points and one
-  step. (Floating-point arithmetic could round that range above 2·BUFFER and
-  add a point that the formula does not have.) The left ends of right end i
-  are then points i .. i + n − 1 of one lattice.
+  With w = max(b) − min(b), the right ends are np.linspace(min(b) + w −
+  BUFFER, max(b) + BUFFER, ⌈range · GRID_DENSITY⌉), the range and its
+  rounding as in the challenge (401 points where it rounds above 4, not 400).
+  Each right end r has its own left ends np.linspace(r − w − BUFFER, r − w +
+  BUFFER, ⌈2 · BUFFER · GRID_DENSITY⌉): a left end that rounds onto a pool
+  value counts it as the challenge's does.
   """
-  n = math.ceil(2 * BUFFER * GRID_DENSITY)
-  step = 2 * BUFFER / (n - 1)
   w = b[-1] - b[0]
-  first_right = b[0] + w - BUFFER
-  lattice = np.arange(2 * n - 1) * step
-  rights = first_right + lattice[:n]
-  lefts = (first_right - w - BUFFER) + lattice
+  lo, hi = b[0] + w - BUFFER, b[-1] + BUFFER
+  rights = np.linspace(lo, hi, math.ceil((hi - lo) * GRID_DENSITY))
+  n = math.ceil(2 * BUFFER * GRID_DENSITY)
+  # Column i holds right end i's left ends. numpy computes each column as its
+  # own call would, unless some column's step is 0 (only for |φ| beyond 2^53).
+  lefts = np.linspace(rights - w - BUFFER, rights - w + BUFFER, n)
   # Both pools on one sorted axis: a rule keeps the points between two cuts,
   # and b_below[c] is how many of the first c points are b's.
   points = np.concatenate([b, a])
@@ -84,23 +84,33 @@ def _interval_counts(a: np.ndarray, b: np.ndarray):
   points = points[order]
   b_below = np.concatenate([[0], np.cumsum(order < len(b))])
   a_below = np.arange(len(points) + 1) - b_below
-  # Rule (i, j) keeps the points after cut left_cut[i + j] up to cut
-  # right_cut[i]. Both cut arrays are sorted, so each distinct cut fills a run
-  # of indices, and a right run [i0, i1] meets a left run [k0, k1] in some
-  # rule iff k0 − i1 ≤ n − 1 and k1 ≥ i0. Comparing runs (at most 2N + 1 of
-  # each) instead of the n² rules is what makes ε cheap.
-  right_cut, right_first, right_len = np.unique(
-      np.searchsorted(points, rights, side='right'), return_index=True,
-      return_counts=True)
-  left_cut, left_first, left_len = np.unique(
-      np.searchsorted(points, lefts, side='left'), return_index=True,
-      return_counts=True)
-  meet = ((left_first[None, :] <= (right_first + right_len + n - 2)[:, None])
-          & ((left_first + left_len - 1)[None, :] >= right_first[:, None]))
+  # pos[k, i]: how many of right end i's left ends are ≤ points[k]. Left end
+  # j cuts after the points whose pos ≤ j, so cut c is reached iff pos[c − 1]
+  # < pos[c] (padded with 0 and n): 2N + 1 cuts to look at per right end
+  # instead of n rules, which is what makes ε cheap. The guess from the
+  # nominal step is exact but for rounding; the loop settles it against the
+  # grid itself.
+  x = points[:, None]
+  cols = np.arange(len(rights))
+  flat = lefts.ravel()
+  guess = np.floor((x - lefts[0]) * ((n - 1) / (2 * BUFFER)))
+  pos = np.clip(guess + 1, 0, n).astype(int)
+  while True:
+    up = (pos < n) & (flat.take(np.minimum(pos, n - 1) * len(cols) + cols)
+                      <= x)
+    down = (pos > 0) & (flat.take(np.maximum(pos - 1, 0) * len(cols) + cols)
+                        > x)
+    if not (up.any() or down.any()):
+      break
+    pos += up.astype(int) - down.astype(int)
+  edge = np.zeros((1, len(cols)), int)
+  pos = np.concatenate([edge, pos, edge + n])
+  reached = pos[:-1] < pos[1:]
+  right_cut = np.searchsorted(points, rights, side='right')
   # A left end beyond the right end keeps nothing: the clip at 0.
-  tp = np.maximum(b_below[right_cut][:, None] - b_below[left_cut][None, :], 0)
-  fp = np.maximum(a_below[right_cut][:, None] - a_below[left_cut][None, :], 0)
-  return tp[meet], fp[meet]
+  tp = np.maximum(b_below[right_cut] - b_below[:, None], 0)
+  fp = np.maximum(a_below[right_cut] - a_below[:, None], 0)
+  return tp[reached], fp[reached]
 
 
 def _example_epsilon(u: np.ndarray, r: np.ndarray, table: np.ndarray) -> float:
@@ -109,7 +119,8 @@ def _example_epsilon(u: np.ndarray, r: np.ndarray, table: np.ndarray) -> float:
   span_p, span_q = p[-1] - p[0], q[-1] - q[0]
   wide = max(span_p, span_q)
   # Two constant pools (0/0) are no peakier than each other: the rules decide
-  # (equal constants: 0; different ones: a perfect threshold, the cap).
+  # (equal constants: every rule dropped, 0; different ones: usually a perfect
+  # threshold, the cap).
   if wide > 0 and min(span_p, span_q) / wide < PEAKY_RATIO:
     return EPSILON_CAP
   tp, fp = _threshold_counts(p, q)
@@ -122,6 +133,14 @@ def _example_epsilon(u: np.ndarray, r: np.ndarray, table: np.ndarray) -> float:
 
 def epsilons(unlearned, retrained, *, delta: float = DELTA) -> np.ndarray:
   """ε_i of every example, clipped to [0, EPSILON_CAP].
+
+  Equal to the challenge's `_get_epsilons` (metric.py of
+  google-deepmind/unlearning_evaluation) computed in float64: its rates are
+  float32 means, and its single thresholds float32 (torch.linspace's default
+  dtype), so a threshold that lands on a pool value to within float32
+  rounding may count it differently. Where every rule is dropped (two equal
+  constant pools), the challenge's code raises; here ε_i = 0, as no rule found
+  any evidence of a difference.
 
   Args:
     unlearned: [N, examples] φ of the unlearned models.
@@ -159,17 +178,22 @@ def bucket_worths(n_models: int) -> np.ndarray:
   return 2.0 ** -np.arange(int(top / BUCKET_WIDTH))
 
 
-def forget_score(eps, n_models: int) -> float:
-  """F: the mean over examples of the worth of the bucket that holds ε_i (0
-  beyond the last bucket). 1 is perfect; report N beside it, as the buckets
-  depend on N."""
+def earnings(eps, n_models: int) -> np.ndarray:
+  """Each example's worth 2^−k of the bucket that holds ε_i (0 beyond the
+  last bucket): F is their mean."""
   eps = np.asarray(eps, dtype=np.float64)
   if eps.ndim != 1 or eps.size == 0 or np.any(np.isnan(eps)) or np.any(
       eps < 0):
     raise ValueError('forget_score needs a non-empty 1-D array of ε >= 0.')
   worths = np.append(bucket_worths(n_models), 0.0)  # the last: beyond them
   bucket = np.minimum(np.floor(eps / BUCKET_WIDTH), len(worths) - 1)
-  return float(worths[bucket.astype(int)].mean())
+  return worths[bucket.astype(int)]
+
+
+def forget_score(eps, n_models: int) -> float:
+  """F: the mean over examples of their `earnings`. 1 is perfect; report N
+  beside it, as the buckets depend on N."""
+  return float(earnings(eps, n_models).mean())
 
 
 def final_score(f: float, ra_u: float, ra_r: float, ta_u: float,
@@ -180,7 +204,8 @@ def final_score(f: float, ra_u: float, ra_r: float, ta_u: float,
 
 @base.register('epsilon')
 def evaluate(row: base.Population, refs: base.References) -> base.Result:
-  """F of the row's forget φ against retraining (columns F, F_N: N), the
+  """F of the row's forget φ against retraining (columns F, F_N: N, and
+  F_ci95: the half width of its bootstrap interval over identities), the
   final score where both populations have retain and test accuracies, and
   table `examples`: each forget example's ε."""
   pools = base.forget_pools(row, refs)
@@ -188,8 +213,10 @@ def evaluate(row: base.Population, refs: base.References) -> base.Result:
     return base.result()
   u, r = pools
   eps = epsilons(u, r)
-  f = forget_score(eps, u.shape[0])
-  scalars = {'F': f, 'F_N': u.shape[0]}
+  worth = earnings(eps, u.shape[0])
+  f = float(worth.mean())
+  scalars = {'F': f, 'F' + intervals.SUFFIX: intervals.bootstrap_half_width(
+      worth, refs.forget_identities), 'F_N': u.shape[0]}
   columns = [base.record_column(p, key) for p in (row, refs.retrain)
              for key in ('retain_accuracy', 'test_accuracy')]
   if all(c is not None for c in columns):

@@ -11,6 +11,7 @@ import numpy as np
 
 from mufax.evaluators import base
 from mufax.evaluators import epsilon
+from mufax.evaluators import intervals
 from mufax.evaluators import lira
 
 LEAST_FORGOTTEN = 5
@@ -43,7 +44,8 @@ def identity_means(phi, identities) -> tuple[np.ndarray, np.ndarray,
 
 @base.register('identity')
 def evaluate(row: base.Population, refs: base.References) -> base.Result:
-  """Columns F_identity and lira_accuracy_identity; tables `identities` (one
+  """Columns F_identity and lira_accuracy_identity, each with the half width
+  of its bootstrap interval over identities (`_ci95`); tables `identities` (one
   row per forget identity) and `least_forgotten` (the LEAST_FORGOTTEN with the
   largest ε, ties to the higher attack accuracy)."""
   pools = base.forget_pools(row, refs)
@@ -52,13 +54,19 @@ def evaluate(row: base.Population, refs: base.References) -> base.Result:
   ids, images, u = identity_means(pools[0], refs.forget_identities)
   _, _, r = identity_means(pools[1], refs.forget_identities)
   eps = epsilon.epsilons(u, r)
+  worth = epsilon.earnings(eps, u.shape[0])
   attack = lira.lira(u, r)
   rows = [{'identity': i.item(), 'images': int(n), 'epsilon': float(e),
            'attack_accuracy': float(a)}
           for i, n, e, a in zip(ids, images, eps, attack.accuracy)]
   worst = np.lexsort((-attack.accuracy, -eps))[:LEAST_FORGOTTEN]
+  # One value per person: the bootstrap over identities resamples them.
+  half_width = lambda values: intervals.bootstrap_half_width(values, ids)
   return base.result(
-      {'F_identity': epsilon.forget_score(eps, u.shape[0]),
-       'lira_accuracy_identity': attack.accuracy.mean()},
+      {'F_identity': worth.mean(),
+       'F_identity' + intervals.SUFFIX: half_width(worth),
+       'lira_accuracy_identity': attack.accuracy.mean(),
+       'lira_accuracy_identity' + intervals.SUFFIX: half_width(
+           attack.accuracy)},
       tables={'identities': rows,
               'least_forgotten': [rows[j] for j in worst]})

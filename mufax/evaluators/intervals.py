@@ -45,3 +45,30 @@ def summarise(per_seed: Mapping[str, Sequence[float]]) -> dict[str, float]:
     if len(values) > 1:
       out[column + SUFFIX] = half
   return out
+
+
+# Resamples of the bootstrap over identities, and its seed: fixed, so a table
+# is reproducible.
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+
+def bootstrap_half_width(values, groups) -> float:
+  """Half the width of the 95% percentile bootstrap interval of the mean of
+  `values`, resampling whole groups (the people of the forget set) with
+  replacement: examples of one person are not independent.
+
+  Args:
+    values: [examples] a per-example score (its earnings in F, the attack's
+      accuracy).
+    groups: [examples] the group (identity) of each example.
+  """
+  values = np.asarray(values, dtype=np.float64)
+  _, index = np.unique(np.asarray(groups), return_inverse=True)
+  sums = np.bincount(index, weights=values)
+  counts = np.bincount(index).astype(np.float64)
+  rng = np.random.default_rng(BOOTSTRAP_SEED)
+  drawn = rng.integers(len(sums), size=(BOOTSTRAP_RESAMPLES, len(sums)))
+  means = sums[drawn].sum(axis=1) / counts[drawn].sum(axis=1)
+  low, high = np.quantile(means, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+  return float((high - low) / 2)

@@ -15,6 +15,7 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 from mufax.evaluators import base
+from mufax.evaluators import intervals
 
 VARIANCE_FLOOR = 1e-6
 
@@ -53,16 +54,25 @@ def _log_density(x, mean, variance):
 
 
 def log_ratios(unlearned, retrained) -> tuple[np.ndarray, np.ndarray]:
-  """Λ = log N(φ; U fit) − log N(φ; R fit) of every target, leaving the
-  target out of its own pool's fit: ([N_U, examples], [N_R, examples])."""
+  """Λ = log N(φ; U fit) − log N(φ; R fit) of every target:
+  ([N_U, examples], [N_R, examples]).
+
+  Pools of one size are seed-paired (model s of each may share an
+  initialisation): target s leaves both fits with its twin, so the twin
+  cannot vouch for it. Pools of different sizes are unpaired, and a target
+  leaves its own pool's fit only.
+  """
   u = np.asarray(unlearned, dtype=np.float64)
   r = np.asarray(retrained, dtype=np.float64)
   if (u.ndim != 2 or r.ndim != 2 or u.shape[1] != r.shape[1]
       or min(u.shape[0], r.shape[0]) < 2):
     raise ValueError(f'LiRA needs two [models >= 2, examples] pools over the '
                      f'same examples, got {u.shape} and {r.shape}.')
-  u_all, r_all = _fit(u), _fit(r)
   u_others, r_others = _fit_without_each(u), _fit_without_each(r)
+  if u.shape == r.shape:
+    return (_log_density(u, *u_others) - _log_density(u, *r_others),
+            _log_density(r, *u_others) - _log_density(r, *r_others))
+  u_all, r_all = _fit(u), _fit(r)
   return (_log_density(u, *u_others) - _log_density(u, *r_all),
           _log_density(r, *u_all) - _log_density(r, *r_others))
 
@@ -82,10 +92,14 @@ def lira(unlearned, retrained) -> Lira:
 
 @base.register('lira')
 def evaluate(row: base.Population, refs: base.References) -> base.Result:
-  """Columns lira_accuracy (mean over forget examples) and lira_auc."""
+  """Columns lira_accuracy (mean over forget examples, with the half width
+  of its bootstrap interval over identities) and lira_auc."""
   pools = base.forget_pools(row, refs)
   if pools is None:
     return base.result()
   attack = lira(*pools)
-  return base.result({'lira_accuracy': attack.accuracy.mean(),
-                      'lira_auc': attack.auc})
+  return base.result({
+      'lira_accuracy': attack.accuracy.mean(),
+      'lira_accuracy' + intervals.SUFFIX: intervals.bootstrap_half_width(
+          attack.accuracy, refs.forget_identities),
+      'lira_auc': attack.auc})

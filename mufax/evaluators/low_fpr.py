@@ -2,18 +2,37 @@
 (docs/evaluation.md §6).
 
 An accuracy near 0.5 can hide a few forget samples that the attack spots with
-certainty; the TPR at 1% and 0.1% FPR shows them.
+certainty; the TPR at 1% and 0.1% FPR shows them. With n unseen examples the
+attack cannot reach an FPR between 0 and 1/n: each column is named by the FPR
+it really reached (at 400 unseen examples, 1% and 0%: the TPR at zero false
+positives).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from sklearn import metrics as sk_metrics
 
 from mufax.evaluators import base
 
-# Column name -> the false-positive rate it is read at.
-FPRS = {'tpr_at_1%_fpr': 0.01, 'tpr_at_0.1%_fpr': 0.001}
+# The false-positive rates the attack is read at.
+TARGET_FPRS = (0.01, 0.001)
+COLUMN_PREFIX = 'tpr_at_'
+
+
+def reached_fpr(target: float, negatives: int) -> float:
+  """The largest false-positive rate at most `target` that `negatives`
+  negatives can give: k / negatives. Below 1 / target negatives it is 0, and
+  the TPR is the TPR at zero false positives."""
+  return math.floor(target * negatives + 1e-9) / negatives
+
+
+def column(fpr: float) -> str:
+  """The column of the TPR at `fpr`, named by the rate actually reached:
+  tpr_at_1%_fpr, tpr_at_0.0942%_fpr, tpr_at_0%_fpr."""
+  return f'{COLUMN_PREFIX}{100 * fpr:.3g}%_fpr'
 
 
 def tpr_at_fpr(forget_losses, unseen_losses, fpr: float) -> float:
@@ -32,11 +51,14 @@ def tpr_at_fpr(forget_losses, unseen_losses, fpr: float) -> float:
 
 @base.register('low_fpr')
 def evaluate(row: base.Population, refs: base.References) -> base.Result:
-  """Per-seed columns of FPRS, on the row's forget and unseen losses."""
+  """A per-seed column per rate of TARGET_FPRS, named by the rate the row's
+  unseen losses reach (`reached_fpr`); targets that reach one rate share a
+  column."""
   del refs  # Each model is attacked on its own losses.
   if 'forget' not in row.losses or 'unseen' not in row.losses:
     return base.result()
   forget, unseen = row.losses['forget'], row.losses['unseen']
+  rates = dict.fromkeys(reached_fpr(t, unseen.shape[1]) for t in TARGET_FPRS)
   return base.result(per_seed={
-      column: [tpr_at_fpr(f, u, rate) for f, u in zip(forget, unseen)]
-      for column, rate in FPRS.items()})
+      column(rate): [tpr_at_fpr(f, u, rate) for f, u in zip(forget, unseen)]
+      for rate in rates})
