@@ -1,9 +1,9 @@
 r"""Compile seconds and step time of the engine's update program, with the
-convolutions `conv.plan` chooses against all-native ones.
+convolutions `conv.cpu_plan` chooses against all-native ones.
 
 The engine's own training program (device-resident data, augmentation, SGD
 with momentum, BatchNorm in train mode) for one epoch of random images, with
-`--members` members; `--convolutions=native` replaces `conv.plan` by XLA's
+`--members` members; `--convolutions=native` replaces `conv.cpu_plan` by XLA's
 native convolution everywhere. The step time is the epoch's run time (the
 first steps included, compilation excluded) over its steps.
 
@@ -29,20 +29,20 @@ _IMAGE_SIZE = flags.DEFINE_integer('image_size', 32, 'Image side.')
 _MEMBERS = flags.DEFINE_integer('members', 1, 'Population size.')
 _STEPS = flags.DEFINE_integer('steps', 30, 'Steps of batch 64 per member.')
 _CONVOLUTIONS = flags.DEFINE_enum('convolutions', 'plan', ['plan', 'native'],
-                                  "conv.plan's choices, or native everywhere.")
+                                  "conv.cpu_plan's choices, or native everywhere.")
 
 
 def main(argv):
   del argv
-  if _CONVOLUTIONS.value == 'native':
-    conv.plan = lambda *args, **kwargs: conv.ALL_NATIVE
   size, members, n = _IMAGE_SIZE.value, _MEMBERS.value, 64 * _STEPS.value
   rng = np.random.default_rng(0)
   splits = {'train': {
       'image': rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
       'label': rng.integers(0, 8, n)}}
   eng = engine.Engine(
-      models.ResNet18(num_outputs=8, num_filters=_WIDTH.value),
+      models.ResNet18(num_outputs=8, num_filters=_WIDTH.value,
+                      conv=conv.Conv if _CONVOLUTIONS.value == 'native'
+                      else None),
       loss='softmax', splits=splits, log_every_s=1e9, image_size=size)
   seeds = list(range(members))
   state = eng.init(engine.sgd(0.01, 0.9), seeds)

@@ -22,7 +22,7 @@ times each size in turn and ends with a table of the ratios at every size.
 
 With --layers, times instead each convolution shape of the model alone
 (forward, input gradient, kernel gradient): XLA's native convolution, the
-formulations `mufax.conv.plan` picks, and PyTorch's; and the max pool.
+formulations `mufax.conv.cpu_plan` picks, and PyTorch's; and the max pool.
 
 PyTorch is an optional dependency, needed only here.
 """
@@ -132,7 +132,10 @@ def mufax_steps(images: np.ndarray, labels: np.ndarray,
 
   Steps are compiled ahead of time, so that compilation is timed apart.
   """
-  model = models.ResNet18(num_outputs=NUM_OUTPUTS, dtype=dtype)
+  cpu = jax.default_backend() == 'cpu'
+  model = models.for_platform(
+      models.ResNet18(num_outputs=NUM_OUTPUTS, dtype=dtype),
+      jax.default_backend())
   tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
   image_size = images.shape[1]
   images, labels = jnp.asarray(images), jnp.asarray(labels)
@@ -150,7 +153,8 @@ def mufax_steps(images: np.ndarray, labels: np.ndarray,
     step, params, batch_stats, opt_state = state
     images = input_pipeline.to_float(images)
     if augment:
-      images = input_pipeline.augment(images, jax.random.fold_in(rng, step))
+      images = input_pipeline.augment(images, jax.random.fold_in(rng, step),
+                                      ops_in_loop=cpu)
 
     def loss_fn(params):
       logits, new_stats = engine.apply_model(model, params, batch_stats,
@@ -307,7 +311,7 @@ def _pool_ms(image_size: int, batch_size: int, repeats: int):
 
   out = {}
   for name, pool in (('flax.linen.max_pool', flax_pool),
-                     ('mufax.conv.max_pool', conv.max_pool)):
+                     ('mufax.conv.cpu_max_pool', conv.cpu_max_pool)):
     step = jax.jit(lambda x, g, pool=pool: jax.vjp(pool, x)[1](g))
     out[name] = _median_ms(lambda: jax.block_until_ready(step(x, g)), repeats)
   return out
@@ -330,7 +334,7 @@ def layer_table(image_size: int, batch_size: int, repeats: int):
   rows = []
   for (name, count, x_shape, kernel_shape, stride), torch_times in zip(
       convs, torch_ms):
-    plan = conv.plan(x_shape, kernel_shape, stride)
+    plan = conv.cpu_plan(x_shape, kernel_shape, stride)
     rows.append({
         'layer': name, 'count': count, 'input': x_shape,
         'kernel': kernel_shape, 'stride': stride, 'plan': plan._asdict(),

@@ -35,6 +35,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.num_filters = 0  # 0: the model's own width (64 for ResNet-18)
   config.model.dtype = 'float32'  # bfloat16: mixed precision
 
+  config.engine = ml_collections.ConfigDict()
+  # How steps run (mufax/engine.py): host (the host queues each step; XLA's
+  # CPU runs convolutions in a compiled loop slowly), loop (one compiled
+  # loop over the steps; accelerators), or auto: host on CPU, loop elsewhere.
+  config.engine.executor = 'auto'
+
   # Comma-separated rows of the table: original, retrain, and any registered
   # method (finetune, cf_k, neggrad, advanced_neggrad, unsir (two rows),
   # scrub, ...); or all (the paper's table), or extended (every method).

@@ -27,14 +27,18 @@ from a `custom_vjp`: reverse-mode derivatives of any order work, forward-mode
 (`jax.jvp`, `jax.jacfwd`) does not. Under `jax.vmap` over a model axis (a
 population of models), each product runs member by member rather than as
 XLA's grouped convolution (see "populations" below). On GPU and TPU, where
-XLA's convolutions are fast, `plan` is all-native and none of this runs.
+XLA's convolutions are fast, none of this runs: the model is built with
+`Conv` (native) and `max_pool` there, and with `CpuConv` (formulations by
+`cpu_plan`) and `cpu_max_pool` on CPU (`models.for_platform`), so that
+traced code never asks which backend it runs on.
 
-`max_pool` is torch's max pool with a gradient that XLA's CPU runs fast.
+`cpu_max_pool` is torch's max pool with a gradient that XLA's CPU runs fast.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -504,11 +508,9 @@ NATIVE_SMALL_MAP_MACS = 20_000_000
 NATIVE_KERNEL_GRAD_MACS = 5_000_000
 
 
-def plan(x_shape, kernel_shape, stride: int,
-         backend: str | None = None) -> Plan:
-  """The fastest formulations for this shape (measured; see BENCHMARKS.md)."""
-  if (backend or jax.default_backend()) != 'cpu':
-    return ALL_NATIVE
+def cpu_plan(x_shape, kernel_shape, stride: int) -> Plan:
+  """The fastest formulations on XLA's CPU for this shape (measured; see
+  BENCHMARKS.md)."""
   _, h, w, _ = x_shape
   k, _, cin, cout = kernel_shape
   oh, ow = output_size(h, k, stride), output_size(w, k, stride)
@@ -553,25 +555,26 @@ _planned_conv.defvjp(_planned_conv_fwd, _planned_conv_bwd)
 _jitted_planned_conv = jax.jit(_planned_conv, static_argnums=(2, 3))
 
 
-def conv2d(x, kernel, stride: int, plan_: Plan | None = None):
-  """Convolution of NHWC `x` with an HWIO `kernel`, torch padding.
-
-  `plan_` overrides the formulations `plan` picks (for tests and probes).
-  """
-  if plan_ is None:
-    plan_ = plan(x.shape, kernel.shape, stride)
+def conv2d(x, kernel, stride: int, plan_: Plan = ALL_NATIVE):
+  """Convolution of NHWC `x` with an HWIO `kernel`, torch padding, each
+  product by the formulation `plan_` names."""
   if plan_ == ALL_NATIVE:
     return _native(x, kernel, stride)
   return _jitted_planned_conv(x, kernel, stride, plan_)
 
 
 class Conv(nn.Module):
-  """Bias-free square convolution; parameter `kernel` [k, k, in, out]."""
+  """Bias-free square convolution; parameter `kernel` [k, k, in, out].
+
+  `formulations(x_shape, kernel_shape, stride)` gives the plan of its three
+  products; None: XLA's native convolution.
+  """
   features: int
   kernel_size: int
   strides: int = 1
   dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.lecun_normal()
+  formulations: Callable[..., Plan] | None = None
 
   @nn.compact
   def __call__(self, x):
@@ -580,9 +583,15 @@ class Conv(nn.Module):
                          self.features))
     # Initialisation needs only shapes; the native convolution gets them
     # without compiling a formulation.
+    plan_ = (ALL_NATIVE if self.formulations is None or self.is_initializing()
+             else self.formulations(x.shape, kernel.shape, self.strides))
     return conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
-                  self.strides,
-                  ALL_NATIVE if self.is_initializing() else None)
+                  self.strides, plan_)
+
+
+# XLA's CPU backend: each product by the formulation `cpu_plan` measured
+# fastest for its shape.
+CpuConv = functools.partial(Conv, formulations=cpu_plan)
 
 
 # ------------------------------------------------------------- max pooling
@@ -643,14 +652,15 @@ _cpu_max_pool.defvjp(_cpu_max_pool_fwd, _cpu_max_pool_bwd)
 
 
 def max_pool(x, window: int = 3, stride: int = 2, padding: int = 1):
-  """torch's MaxPool2d(window, stride, padding) of NHWC `x`.
+  """torch's MaxPool2d(window, stride, padding) of NHWC `x`, as
+  `flax.linen.max_pool` computes it (the gradient goes to the first maximum
+  of each window, as in torch)."""
+  return _reduce_window_max(x, window, stride, padding)
 
-  Outputs and gradients are those of `flax.linen.max_pool` (the gradient goes
-  to the first maximum of each window, as in torch). On CPU the gradient is
-  computed as masked strided adds: JAX's own, a variadic reduce-window over
-  index arrays, took 3x as long as this at ResNet-18's pool on 128x128 images,
-  more than any convolution (BENCHMARKS.md has the step before and after).
-  """
-  if jax.default_backend() != 'cpu':
-    return _reduce_window_max(x, window, stride, padding)
+
+def cpu_max_pool(x, window: int = 3, stride: int = 2, padding: int = 1):
+  """`max_pool`, its gradient computed as masked strided adds: JAX's own, a
+  variadic reduce-window over index arrays, took XLA's CPU 3x as long as this
+  at ResNet-18's pool on 128x128 images, more than any convolution
+  (BENCHMARKS.md has the step before and after)."""
   return _cpu_max_pool(x, window, stride, padding)

@@ -13,15 +13,21 @@ Training from scratch and every unlearning stage run through the same pieces:
 - **Populations.** Parameters, batch statistics and optimizer state carry a
   leading model axis; the single-model step is `jax.vmap`ped over it. Each
   member has its own initialisation key, data order and augmentation draws.
-- **Compiled loops.** A run of steps executes as one compiled loop over the
-  plan, with the state donated; the host only asks for the next chunk of
-  steps, sized so that progress lines appear about every `log_every_s`. The
-  loop's bounds are runtime values, so one compiled program serves every
-  chunk: a chunk's length never triggers a compilation. On CPU, where XLA
-  runs convolutions inside a loop slowly, the host queues the chunk's steps
-  one by one instead: per step, a shared program makes each batch (gather,
-  augmentation) and the update's program takes them, so a program's shapes
-  depend neither on the plan's length nor on which method runs it.
+- **Executors**, chosen once from the devices' platform (`choose_executor`,
+  or forced by `config.engine.executor`):
+  - `loop` (accelerators): a run of steps executes as one compiled loop over
+    the plan, with the state donated; the host only asks for the next chunk
+    of steps, sized so that progress lines appear about every
+    `log_every_s`. The loop's bounds are runtime values, so one compiled
+    program serves every chunk: a chunk's length never triggers a
+    compilation.
+  - `host` (CPU, where XLA runs convolutions inside a loop slowly): the host
+    queues the chunk's steps one by one: per step, a shared program makes
+    each batch (gather, augmentation) and the update's program takes them,
+    so a program's shapes depend neither on the plan's length nor on which
+    method runs it.
+  The same platform decides the model's convolutions and max pool
+  (`models.for_platform`) and the CPU-only compiler options.
 - **Mesh.** A 2-D device mesh (`model`, `data`): members are spread over the
   `model` axis as far as they divide among the devices, and each member's
   batch over the `data` axis. One device is the 1 x 1 case of the same code.
@@ -52,6 +58,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from mufax import input_pipeline
 from mufax import losses
 from mufax import models
+
+HOST, LOOP = 'host', 'loop'
+EXECUTORS = ('auto', HOST, LOOP)
 
 MODEL_AXIS = 'model'
 DATA_AXIS = 'data'
@@ -635,6 +644,17 @@ class RunResult:
   flops: float
 
 
+def choose_executor(executor: str, platform: str) -> str:
+  """`executor` ('auto', 'host' or 'loop') for devices of `platform`: auto
+  is host dispatch on CPU and the compiled loop elsewhere."""
+  if executor not in EXECUTORS:
+    raise ValueError(f'Unknown executor {executor!r}; expected one of '
+                     f'{EXECUTORS}.')
+  if executor != 'auto':
+    return executor
+  return HOST if platform == 'cpu' else LOOP
+
+
 class Engine:
   """Runs plans and evaluations of populations of one model on one task.
 
@@ -646,11 +666,11 @@ class Engine:
                splits: Mapping[str, Mapping[str, np.ndarray]],
                image_size: int | None = None, log_every_s: float = 30.0,
                memory_limit: int | None = None, devices=None,
-               members_per_call: int | None = None):
+               members_per_call: int | None = None, executor: str = 'auto'):
     if loss not in losses.LOSSES:
       raise ValueError(f'Unknown loss {loss!r}; expected one of '
                        f'{losses.LOSSES}.')
-    self.model, self.loss, self.image_size = model, loss, image_size
+    self.loss, self.image_size = loss, image_size
     self.splits = splits
     # Every split in one pool, so that programs take the same data whatever
     # split a step reads: original and retrained models, and every split's
@@ -664,18 +684,19 @@ class Engine:
     self.compiler = Compiler(memory_limit, self.data_bytes())
     self.log_every_s = log_every_s
     self.devices = list(jax.devices() if devices is None else devices)
+    self.platform = self.devices[0].platform
     # XLA's CPU backend runs convolutions inside a compiled loop several
-    # times slower than outside one (the quick start's step: 743 against 112
-    # ms). There a chunk is dispatched step by step: each step still gathers
-    # its batch on the device from the uploaded plan, and the host only
-    # queues the calls. Accelerators run a chunk as one compiled loop.
-    self.step_by_step = self.devices[0].platform == 'cpu'
+    # times slower than outside one (BENCHMARKS.md §2), so there the host
+    # dispatches a chunk step by step; each step still gathers its batch on
+    # the device from the uploaded plan.
+    self.executor = choose_executor(executor, self.platform)
+    self.model = models.for_platform(model, self.platform)
     # XLA's CPU backend runs a convolution vmapped over members 2-3x slower
-    # than the same members one after another (16 members at width 16,
-    # 32x32: 480 against 950 img/s), so on one CPU device a population is
-    # run member by member through the one-member program. None: all at once.
-    if members_per_call is None and self.step_by_step and len(
-        self.devices) == 1:
+    # than the same members one after another (BENCHMARKS.md §2), so on one
+    # CPU device a population is run member by member through the
+    # one-member program. None: all at once.
+    if (members_per_call is None and self.platform == 'cpu'
+        and self.executor == HOST and len(self.devices) == 1):
       members_per_call = 1
     self.members_per_call = members_per_call
     self._resident: dict[tuple, dict] = {}
@@ -713,11 +734,12 @@ class Engine:
     seeds = jnp.asarray(seeds, jnp.int32)
     self.check_state_memory(jax.eval_shape(fresh, seeds), len(seeds))
     # A program that runs once: XLA's CPU backend compiles its random draws
-    # 3-4x faster at optimisation level 1, to the same bits (the quick
-    # start's model: 1.9 against 6.8 s).
+    # 3-4x faster at optimisation level 1, to the same bits.
+    options = ({'xla_backend_optimization_level': 1}
+               if self.platform == 'cpu' else None)
     return jax.jit(fresh, out_shardings=member_sharding(
         self.mesh(len(seeds)))).lower(seeds).compile(
-            compiler_options={'xla_backend_optimization_level': 1})(seeds)
+            compiler_options=options)(seeds)
 
   def abstract_state(self, tx, population: int):
     """Shapes, dtypes and shardings of a population's state (for restores)."""
@@ -804,8 +826,9 @@ class Engine:
           preprocess(batch['image'], image_size),
           NamedSharding(mesh, batch_spec(mesh, indices.shape[0])))
       if augment:
-        images = input_pipeline.augment(images,
-                                        jax.random.fold_in(rng, position))
+        images = input_pipeline.augment(
+            images, jax.random.fold_in(rng, position),
+            ops_in_loop=self.platform == 'cpu')
       return images, batch['label'], indices >= 0
 
     return member_batch
@@ -892,7 +915,7 @@ class Engine:
     second to compile the augmentation into each program. Updates that
     differ only in augmentation then share it.
     """
-    if self.step_by_step:
+    if self.executor == HOST:
       key = ('update', dataclasses.replace(update, augment=False),
              mesh.devices.shape)
       if key not in self._programs:
@@ -1005,7 +1028,7 @@ class Engine:
         spec = (MODEL_AXIS, *batch_spec(mesh, a.shape[2]))
         group_arrays[role] = (
             jax.device_put(list(a), NamedSharding(mesh, P(*spec)))
-            if self.step_by_step else
+            if self.executor == HOST else
             jax.device_put(_pad_steps(a), NamedSharding(mesh,
                                                         P(None, *spec))))
     rngs = put(rngs, member_sharding(mesh))
@@ -1025,7 +1048,7 @@ class Engine:
     total = len(plan)
     for group, first, stop in segments:
       program = self._update_program(updates[group[0]], mesh)
-      if group not in outputs and self.step_by_step:
+      if group not in outputs and self.executor == HOST:
         outputs[group] = []
       elif group not in outputs:
         shapes = jax.eval_shape(
@@ -1043,7 +1066,7 @@ class Engine:
           # Every process must run the same programs; the chunks follow
           # process 0's timing.
           count = int(multihost_utils.broadcast_one_to_all(np.int32(count)))
-        if self.step_by_step:
+        if self.executor == HOST:
           state, began, step_flops = self._dispatch_steps(
               mesh, program, updates[group[0]].augment, range(i, i + count),
               state, data, arrays[group], rngs, teachers, outputs[group],
@@ -1076,7 +1099,7 @@ class Engine:
           # computation the other processes do not run.
           if not last_loss.is_fully_addressable:
             last_loss = last_loss.addressable_shards[0].data
-          loss = np.asarray(last_loss if self.step_by_step
+          loss = np.asarray(last_loss if self.executor == HOST
                             else last_loss[i - 1]).mean()
           log(f'  {label} step {done}/{total}: '
               f'{seen[done] * population / running:.1f} img/s, '
@@ -1085,7 +1108,7 @@ class Engine:
     measured: dict[str, list] = {}
     for group, first, stop in segments:
       values = host[group]
-      if self.step_by_step:
+      if self.executor == HOST:
         values = {name: np.stack([v[name] for v in values[first:stop]])
                   for name in values[0]}
       else:

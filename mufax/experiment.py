@@ -342,6 +342,9 @@ def check_config(config) -> list[str]:
         f'config.original.checkpoint={config.original.checkpoint} is one '
         'model: with config.population.size > 1 set '
         'config.population.shared_original=true.')
+  if config.engine.executor not in engine_lib.EXECUTORS:
+    raise ConfigError(f'config.engine.executor={config.engine.executor!r}: '
+                      f'choose one of {", ".join(engine_lib.EXECUTORS)}.')
   if not config.population.members_per_call >= 0:
     raise ConfigError('config.population.members_per_call='
                       f'{config.population.members_per_call} must be at least '
@@ -374,6 +377,7 @@ def make_engine(config, task: Task) -> engine_lib.Engine:
       splits=task.splits, image_size=config.data.image_size or None,
       log_every_s=config.log_every_s,
       members_per_call=config.population.members_per_call or None,
+      executor=config.engine.executor,
       memory_limit=int(limit * 2**30) if limit else
       engine_lib.device_memory())
 
@@ -404,8 +408,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
         f'{config.data.dataset}: enlarging adds no detail; use '
         f'{engine.stored_size} or less.')
   seeds = seeds_of(config)
-  engine_lib.log(f'{jax.device_count()} {jax.default_backend()} device(s); '
-                 f'methods: {", ".join(names)}')
+  engine_lib.log(f'{jax.device_count()} {engine.platform} device(s), '
+                 f'{engine.executor} executor; methods: {", ".join(names)}')
   engine_lib.log(engine.memory_plan(
       len(seeds), engine.abstract_state(engine_lib.SGD, len(seeds))))
   if too_few_models(config):
@@ -530,8 +534,9 @@ def save_losses(workdir: str, name: str, losses: dict[str, np.ndarray]):
 def comparable_config(config: dict) -> dict:
   """The settings that decide a row's result (not which rows to run)."""
   config = json.loads(json.dumps(config, default=str))
+  # How steps are executed changes float rounding only.
   for key in ('methods', 'log_every_s', 'compilation_cache_dir', 'plugins',
-              'checkpoint_every_s'):
+              'checkpoint_every_s', 'engine'):
     config.pop(key, None)
   for key in ('device_memory_gb', 'members_per_call'):
     config.get('population', {}).pop(key, None)

@@ -196,13 +196,14 @@ def geometric(images: jax.Array, flip: jax.Array, shear: jax.Array,
                    jnp.zeros((), images.dtype))
 
 
-def color_jitter(images: jax.Array, factors: jax.Array,
-                 order: jax.Array) -> jax.Array:
+def color_jitter(images: jax.Array, factors: jax.Array, order: jax.Array, *,
+                 ops_in_loop: bool = False) -> jax.Array:
   """torchvision ColorJitter on [0, 1] floats, ops in `order` per image.
 
   Every op blends with a reference and clips: brightness with black, contrast
   with the mean grey level, saturation with the grey image. Unlike PIL, which
   the reference runs on, nothing is rounded to uint8 between ops.
+  `ops_in_loop`: the three ops as a compiled loop, for XLA's CPU backend.
   """
   images, factors, order = map(jnp.asarray, (images, factors, order))
 
@@ -217,22 +218,30 @@ def color_jitter(images: jax.Array, factors: jax.Array,
     to_gray = jnp.where(op == SATURATION, 1 - f, 0.0)
     return jnp.clip(f * images + to_mean * mean + to_gray * gray, 0, 1)
 
-  # A loop, not a Python for: its carry is a materialised buffer. Unrolled,
-  # XLA CPU fuses each op into the next and recomputes the whole chain, the
-  # affine gather included, in every consumer: 3-5x slower.
-  return jax.lax.fori_loop(0, 3, apply_op, images)
+  if ops_in_loop:
+    # A loop's carry is a materialised buffer. Unrolled, XLA CPU fuses each
+    # op into the next and recomputes the whole chain, the affine gather
+    # included, in every consumer: 3-5x slower.
+    return jax.lax.fori_loop(0, 3, apply_op, images)
+  for k in range(3):
+    images = apply_op(k, images)
+  return images
 
 
-def apply_augment(images: jax.Array,
-                  params: Mapping[str, jax.Array]) -> jax.Array:
+def apply_augment(images: jax.Array, params: Mapping[str, jax.Array], *,
+                  ops_in_loop: bool = False) -> jax.Array:
   """The augmentation with fixed draws: flip -> affine -> colour jitter."""
   images = geometric(images, params['flip'], params['shear'], params['scale'])
-  return color_jitter(to_float(images), params['factors'], params['order'])
+  return color_jitter(to_float(images), params['factors'], params['order'],
+                      ops_in_loop=ops_in_loop)
 
 
-def augment(images: jax.Array, rng: jax.Array) -> jax.Array:
+def augment(images: jax.Array, rng: jax.Array, *,
+            ops_in_loop: bool = False) -> jax.Array:
   """protocol §2.3 train-time augmentation of an NHWC batch; float32 in [0, 1].
 
-  Accepts uint8 or [0, 1] float images; pure and jit-able.
+  Accepts uint8 or [0, 1] float images; pure and jit-able. `ops_in_loop`:
+  see `color_jitter`.
   """
-  return apply_augment(images, sample_augment_params(rng, images.shape[0]))
+  return apply_augment(images, sample_augment_params(rng, images.shape[0]),
+                       ops_in_loop=ops_in_loop)

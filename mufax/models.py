@@ -106,23 +106,27 @@ class ResNet(nn.Module):
   `dtype` is the compute dtype (e.g. bfloat16 for mixed precision); parameters,
   BatchNorm statistics and the returned logits stay float32. In training,
   `mask` [batch] marks the real images of a padded batch: BatchNorm takes its
-  statistics over them alone.
+  statistics over them alone. `conv` (a module class) and `pool` (torch's
+  max pool as a function) are the formulations for the platform the model
+  runs on (`for_platform`); None: XLA's native ones.
   """
   stage_sizes: Sequence[int]
   num_outputs: int
   num_filters: int = 64
   dtype: Any = jnp.float32
-  conv: Callable[..., nn.Module] = conv_lib.Conv
+  conv: Callable[..., nn.Module] | None = None
+  pool: Callable[..., jax.Array] | None = None
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
-    conv = functools.partial(self.conv, dtype=self.dtype,
+    conv = functools.partial(self.conv or conv_lib.Conv, dtype=self.dtype,
                              kernel_init=conv_init)
+    pool = self.pool or conv_lib.max_pool
     norm = functools.partial(BatchNorm, use_running_average=not train)
     x = x.astype(self.dtype)
     x = conv(self.num_filters, 7, 2, name='conv1')(x)
     x = nn.relu(norm(name='bn1')(x, mask))
-    x = conv_lib.max_pool(x, window=3, stride=2, padding=1)
+    x = pool(x, window=3, stride=2, padding=1)
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         block = BasicBlock(self.num_filters * 2**i,
@@ -132,6 +136,16 @@ class ResNet(nn.Module):
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return nn.Dense(self.num_outputs, kernel_init=dense_init,
                     bias_init=dense_bias_init(x.shape[-1]), name='fc')(x)
+
+
+def for_platform(model: ResNet, platform: str) -> ResNet:
+  """`model` with the convolution and max pool that run fastest on
+  `platform` ('cpu', 'gpu', 'tpu'), where the model left them open."""
+  cpu = platform == 'cpu'
+  return model.clone(
+      conv=model.conv or (conv_lib.CpuConv if cpu else conv_lib.Conv),
+      pool=model.pool or (conv_lib.cpu_max_pool if cpu
+                          else conv_lib.max_pool))
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2))

@@ -8,11 +8,13 @@ import sys
 
 from absl.testing import absltest
 import numpy as np
+from PIL import Image
 
 import data_testing
 from datasets_builders.mufac import mufac_dataset_builder as mufac
 from mufax.data import audit
 from mufax.data import phash
+from mufax.data import prepare
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,27 +45,72 @@ class PerceptualHashTest(absltest.TestCase):
     self.assertEqual(summary['b/b'], {'pairs': 0, 'different_identity': 0})
 
 
+def plant_near_copy(root: str, source: str, target: str) -> None:
+  """Writes image `source` over `target` (paths under the MUFAC fixture's
+  folder), brightened and JPEG-encoded again: another file, other pixels,
+  the same picture."""
+  folder = os.path.join(root, 'custom_korean_family_dataset_resolution_128')
+  with Image.open(os.path.join(folder, source)) as image:
+    pixels = np.asarray(image.convert('RGB'), np.int16)
+  Image.fromarray(np.clip(pixels + 8, 0, 255).astype(np.uint8)).save(
+      os.path.join(folder, target), quality=90)
+
+
+def replace_with_new_face(root: str, target: str) -> None:
+  """A picture of its own over `target`, in the fixture's style (a 4x4 grid
+  of flat colours)."""
+  grid = np.random.default_rng(7).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+  Image.fromarray(grid).resize((128, 128), Image.NEAREST).save(
+      os.path.join(root, 'custom_korean_family_dataset_resolution_128',
+                   target), quality=50)
+
+
+# The fixture's byte copy of a retain image among the unseen images
+# (tests/fixtures/make_fixtures.py).
+EXACT = ('train_images/F0004_AGE_M_30_f1.jpg',
+         'test_images/F0851_AGE_M_30_f1.JPG')
+# Planted here: a forget image as a test image, brightened and re-encoded.
+NEAR = ('train_images/F0001_AGE_D_30_a1.jpg',
+        'val_images/F0801_AGE_F_30_e1.jpg')
+
+
 class AuditDatasetTest(absltest.TestCase):
 
-  def test_finds_the_planted_cross_split_copy(self):
+  def audit_fixture(self, edit):
+    """The audit of the MUFAC fixture (forget: its first 5 rows) after
+    `edit(manual_dir)`, at the default distance: (summary, CSV rows)."""
     tmp = self.create_tempdir().full_path
     manual = data_testing.copy_fixture('mufac', tmp)
+    edit(manual)
     config = mufac.MufacConfig(name='audit_fixture', num_forget_rows=5)
     builder = data_testing.build(
         mufac.Mufac(config=config, data_dir=os.path.join(tmp, 'tfds'),
                     file_format='array_record'), manual)
-    pairs, files, identities = audit.audit(builder, max_distance=0)
-    summary = audit.summarize(pairs, identities)
-    self.assertEqual(summary['retain/unseen']['pairs'], 1)
-    self.assertEqual(sum(e['pairs'] for e in summary.values()), 1)
+    pairs, files, identities = audit.audit(builder)
     out = os.path.join(tmp, 'pairs.csv')
     audit.write_pairs(out, pairs, files, identities)
     with open(out) as f:
-      rows = list(csv.DictReader(f))
-    self.assertEqual(
-        [(r['file_a'], r['file_b'], r['distance']) for r in rows],
-        [('train_images/F0004_AGE_M_30_f1.jpg',
-          'test_images/F0851_AGE_M_30_f1.JPG', '0')])
+      return audit.summarize(pairs, identities), list(csv.DictReader(f))
+
+  def test_finds_the_exact_and_the_near_copy_across_splits(self):
+    summary, rows = self.audit_fixture(
+        lambda manual: plant_near_copy(manual, *NEAR))
+    found = {key: entry for key, entry in summary.items() if entry['pairs']}
+    self.assertEqual(found, {
+        'retain/unseen': {'pairs': 1, 'different_identity': 1},
+        'forget/test': {'pairs': 1, 'different_identity': 1}})
+    self.assertEqual([(r['file_a'], r['file_b']) for r in rows],
+                     [EXACT, NEAR])
+    # The brightened copy's hash moved, not beyond the default distance.
+    self.assertEqual(rows[0]['distance'], '0')
+    self.assertBetween(int(rows[1]['distance']), 1,
+                       phash.DEFAULT_MAX_DISTANCE)
+
+  def test_clean_data_reports_no_pair(self):
+    summary, rows = self.audit_fixture(
+        lambda manual: replace_with_new_face(manual, EXACT[1]))
+    self.assertEqual({entry['pairs'] for entry in summary.values()}, {0})
+    self.assertEmpty(rows)
 
 
 class LightImportTest(absltest.TestCase):
@@ -104,19 +151,24 @@ class CommandTest(absltest.TestCase):
     result = subprocess.run(
         [sys.executable, '-m', 'mufax.data.audit',
          '--dataset=synthetic_faces/small', f'--data_dir={tmp}',
-         f'--out={out}', '--max_distance=1'],
+         f'--out={out}'],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     self.assertEqual(result.returncode, 0, result.stderr[-2000:])
     report = json.loads(result.stdout.strip().splitlines()[-1])
     self.assertEqual((report['dataset'], report['max_distance'], report['csv']),
-                     ('synthetic_faces/small', 1, out))
-    self.assertCountEqual(
-        report['pairs'],
-        [f'{a}/{b}' for i, a in enumerate(audit.AUDITED_SPLITS)
-         for b in audit.AUDITED_SPLITS[i:]])
+                     ('synthetic_faces/small', phash.DEFAULT_MAX_DISTANCE,
+                      out))
+    # The command reports what the audit finds in the data it built: at the
+    # default distance the synthetic faces of one person, and a few of two,
+    # come out alike.
+    pairs, _, identities = audit.audit(prepare.prepare(
+        'synthetic_faces/small', data_dir=tmp))
+    self.assertEqual(report['pairs'], audit.summarize(pairs, identities))
+    self.assertGreater(
+        sum(e['different_identity'] for e in report['pairs'].values()), 0)
     with open(out) as f:
       rows = list(csv.DictReader(f))
-    self.assertLen(rows, sum(e['pairs'] for e in report['pairs'].values()))
+    self.assertLen(rows, len(pairs))
 
 if __name__ == '__main__':
   absltest.main()

@@ -42,14 +42,15 @@ class LaunchTest(absltest.TestCase):
 
 class TwoProcessTest(absltest.TestCase):
   """2 processes of 2 CPU devices each against 1 process of 4 devices:
-  training, one method and the evaluation."""
+  training, one method and the evaluation of a population of 2, whose
+  members the 2 x 2 mesh places one in each process."""
 
   OVERRIDES = {'model.name': 'resnet_tiny', 'model.num_filters': 0,
                # A few steps: 4 of training, 3 of fine-tuning.
                'original.epochs': 1, 'original.decay_epochs': (),
                'original.batch_size': 250, 'unlearn.finetune.epochs': 1,
                'unlearn.finetune.batch_size': 200,
-               'methods': 'original,finetune'}
+               'methods': 'original,finetune', 'population.size': 2}
 
   def command(self, data_dir, workdir, cache):
     return ([sys.executable, 'run_main.py', '--config=configs/quickstart.py',
@@ -58,7 +59,7 @@ class TwoProcessTest(absltest.TestCase):
             + [f'--config.data.data_dir={data_dir}', f'--workdir={workdir}'])
 
   def parameters(self, data_dir, workdir):
-    """The original's parameters as the run checkpointed them."""
+    """The originals' parameters as the run checkpointed them."""
     config = quickstart.get_config()
     for key, value in self.OVERRIDES.items():
       *path, name = key.split('.')
@@ -66,11 +67,13 @@ class TwoProcessTest(absltest.TestCase):
     config.data.data_dir = data_dir
     task = experiment.load_task(config)
     eng = experiment.make_engine(config, task)
-    folder = experiment.checkpoint_dir(config, workdir, 'original', (42,))
+    seeds = experiment.seeds_of(config, 'original')
+    self.assertEqual(seeds, (42, 43))
+    folder = experiment.checkpoint_dir(config, workdir, 'original', seeds)
     with ocp.CheckpointManager(folder) as manager:
       return manager.restore(1, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(eng.abstract_state(
-              engine.sgd(0.1, 0.9), 1))))['state'].params
+              engine.sgd(0.1, 0.9), len(seeds)))))['state'].params
 
   def environment(self, devices):
     env = dict(os.environ)
@@ -107,20 +110,32 @@ class TwoProcessTest(absltest.TestCase):
     for a, b in zip(alone['records'], together['records'], strict=True):
       self.assertEqual(a['method'], b['method'])
       self.assertEqual(a['update_steps'], b['update_steps'])
-      for key in ('accuracy', 'mia', 'nomus', 'loss_auc'):
-        self.assertAlmostEqual(a[key], b[key], delta=1e-6, msg=key)
+      self.assertEqual(b['seeds'], [42, 43])
+      # Each member's numbers, not only their means. The AUC ranks every
+      # (forget, unseen) pair of losses: two within rounding of each other
+      # may swap or tie, and move it by 1 / (400 x 400) or half that.
+      for m, n in zip(a['members'], b['members'], strict=True):
+        self.assertEqual(m['seed'], n['seed'])
+        for key, delta in (('accuracy', 1e-6), ('mia', 1e-6),
+                           ('nomus', 1e-6), ('loss_auc', 3e-5)):
+          self.assertAlmostEqual(m[key], n[key], delta=delta,
+                                 msg=(a['method'], m['seed'], key))
       with np.load(os.path.join(one, 'losses', f'{a["method"]}.npz')) as x, \
            np.load(os.path.join(two, 'losses', f'{a["method"]}.npz')) as y:
         self.assertEqual(sorted(x.files), sorted(y.files))
         for split in x.files:
+          self.assertEqual(y[split].shape[0], 2, split)
           # The same sums over the same devices, only reduced over TCP.
           np.testing.assert_allclose(x[split], y[split], rtol=1e-4,
                                      atol=1e-6, err_msg=split)
 
+    alone, together = (self.parameters(data_dir, one),
+                       self.parameters(data_dir, two))
     jax.tree.map(lambda x, y: np.testing.assert_allclose(
-        np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6),
-                 self.parameters(data_dir, one),
-                 self.parameters(data_dir, two))
+        np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6), alone, together)
+    # Two originals of their own seeds, not one twice.
+    kernel = np.asarray(together['fc']['kernel'])
+    self.assertGreater(np.abs(kernel[0] - kernel[1]).max(), 1e-3)
 
 
 if __name__ == '__main__':

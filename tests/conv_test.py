@@ -172,7 +172,7 @@ class PopulationTest(parameterized.TestCase):
 
   def test_vmap_of_a_shared_kernel(self):
     x, kernel, g = _population_inputs(2, 2, 3, 1, 6, 5)
-    plan = conv.plan(x.shape[1:], kernel.shape[1:], 1, 'cpu')
+    plan = conv.cpu_plan(x.shape[1:], kernel.shape[1:], 1)
     vmapped = jax.vmap(_output_and_grads, (0, None, 0, None, None))(
         x, kernel[0], g, 1, plan)
     expected = jax.vmap(_output_and_grads, (0, None, 0, None, None))(
@@ -205,11 +205,6 @@ class PopulationTest(parameterized.TestCase):
 
 class PlanTest(parameterized.TestCase):
 
-  def test_native_off_cpu(self):
-    for backend in ('gpu', 'tpu'):
-      self.assertEqual(conv.plan((64, 2, 2, 512), (3, 3, 512, 512), 1,
-                                 backend), conv.ALL_NATIVE)
-
   @parameterized.parameters(32, 64, 96, 128, 224)
   def test_resnet18_shapes_are_supported(self, image_size):
     h = conv.output_size(image_size, 7, 2)
@@ -225,7 +220,7 @@ class PlanTest(parameterized.TestCase):
       shapes.append(((64, h, h, cout), (3, 3, cout, cout), 1))
       cin = cout
     for x_shape, kernel_shape, stride in shapes:
-      plan = conv.plan(x_shape, kernel_shape, stride, 'cpu')
+      plan = conv.cpu_plan(x_shape, kernel_shape, stride)
       for formulation in plan:
         self.assertIn(formulation, (conv.NATIVE,) + FORMULATIONS)
         self.assertTrue(_supports(formulation, kernel_shape[0], stride),
@@ -238,7 +233,7 @@ class PlanTest(parameterized.TestCase):
             ((64, 2, 2, 256), (3, 3, 256, 512), 2, 'forward'),
             ((64, 4, 4, 256), (3, 3, 256, 512), 2, 'input_grad')]
     for x_shape, kernel_shape, stride, product in slow:
-      plan = conv.plan(x_shape, kernel_shape, stride, 'cpu')
+      plan = conv.cpu_plan(x_shape, kernel_shape, stride)
       self.assertNotEqual(getattr(plan, product), conv.NATIVE, x_shape)
 
   def test_small_maps_run_natively_where_winograd_is_slower(self):
@@ -251,10 +246,10 @@ class PlanTest(parameterized.TestCase):
                 ((64, 8, 8, 256), (3, 3, 256, 256)),
                 ((64, 4, 4, 512), (3, 3, 512, 512))]
     for x_shape, kernel_shape in native_forward:
-      plan = conv.plan(x_shape, kernel_shape, 1, 'cpu')
+      plan = conv.cpu_plan(x_shape, kernel_shape, 1)
       self.assertEqual(plan[:2], (conv.NATIVE, conv.NATIVE), x_shape)
     for x_shape, kernel_shape in winograd:
-      self.assertEqual(conv.plan(x_shape, kernel_shape, 1, 'cpu'),
+      self.assertEqual(conv.cpu_plan(x_shape, kernel_shape, 1),
                        (conv.WINOGRAD,) * 3, x_shape)
 
   def test_output_size_is_torchs(self):
@@ -269,8 +264,10 @@ class PlanTest(parameterized.TestCase):
 
 class MaxPoolTest(parameterized.TestCase):
 
-  @parameterized.parameters((1, 1), (2, 3), (7, 9), (8, 8))
-  def test_matches_flax(self, h, w):
+  @parameterized.product(size=((1, 1), (2, 3), (7, 9), (8, 8)),
+                         pool=('max_pool', 'cpu_max_pool'))
+  def test_matches_flax(self, size, pool):
+    h, w = size
     # After a ReLU many windows tie at 0: the gradient must go to the first
     # maximum, as flax's (and torch's) does.
     x = np.maximum(np.random.default_rng(0).standard_normal((2, h, w, 3)), 0)
@@ -280,7 +277,7 @@ class MaxPoolTest(parameterized.TestCase):
     def flax_pool(x):
       return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
-    y, vjp = jax.vjp(jax.jit(conv.max_pool), x)
+    y, vjp = jax.vjp(jax.jit(getattr(conv, pool)), x)
     y_flax, vjp_flax = jax.vjp(flax_pool, x)
     g = jnp.asarray(np.random.default_rng(1).standard_normal(y.shape),
                     jnp.float32)
@@ -291,12 +288,12 @@ class MaxPoolTest(parameterized.TestCase):
   def test_bfloat16(self):
     x = jnp.ones((2, 5, 5, 3), jnp.bfloat16)
     y, grad = jax.jit(lambda x: (lambda y, vjp: (y, vjp(y)[0]))(
-        *jax.vjp(conv.max_pool, x)))(x)
+        *jax.vjp(conv.cpu_max_pool, x)))(x)
     self.assertEqual(y.dtype, jnp.bfloat16)
     self.assertEqual(grad.dtype, jnp.bfloat16)
 
 
-class ConvModuleTest(absltest.TestCase):
+class ConvModuleTest(parameterized.TestCase):
 
   def test_parameter(self):
     module = conv.Conv(5, 3, 2, dtype=jnp.bfloat16)
@@ -305,7 +302,8 @@ class ConvModuleTest(absltest.TestCase):
     self.assertEqual(jax.tree.map(lambda v: (v.shape, v.dtype), variables),
                      {'params': {'kernel': ((3, 3, 4, 5), jnp.float32)}})
 
-  def test_gradients(self):
+  @parameterized.parameters('Conv', 'CpuConv')
+  def test_gradients(self, module):
     x, kernel, _ = _inputs(7, 3, 2, 4, 5)
 
     def loss(params, x, apply):
@@ -316,7 +314,7 @@ class ConvModuleTest(absltest.TestCase):
 
     actual = jax.jit(jax.grad(loss, (0, 1)), static_argnums=2)(
         {'kernel': kernel}, x,
-        lambda p, x: conv.Conv(5, 3, 2).apply({'params': p}, x))
+        lambda p, x: getattr(conv, module)(5, 3, 2).apply({'params': p}, x))
     expected = jax.grad(loss, (0, 1))({'kernel': kernel}, x, native)
     for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
       np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)

@@ -157,6 +157,12 @@ class RunTest(absltest.TestCase):
       with self.assertRaisesRegex(experiment.ConfigError, message):
         experiment.run(bad, self.create_tempdir().full_path)
     bad = config.copy_and_resolve_references()
+    bad.engine.executor = 'gpu'
+    with self.assertRaisesRegex(experiment.ConfigError,
+                                r"config\.engine\.executor='gpu': choose one "
+                                'of auto, host, loop'):
+      experiment.run(bad, self.create_tempdir().full_path)
+    bad = config.copy_and_resolve_references()
     bad.unlearn.cf_k.k = 9
     with self.assertRaisesRegex(experiment.ConfigError,
                                 r'config\.unlearn\.cf_k\.k=9: must be at most 6'):

@@ -9,6 +9,7 @@ from absl.testing import absltest
 
 import experiment_test
 
+from mufax import evaluators
 from mufax import experiment
 from mufax import plugins
 from mufax import unlearning
@@ -17,7 +18,30 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(REPO, 'examples', 'uniform_forget.py')
 
 
+def registries_restorer():
+  """A function that unregisters every method and evaluator registered, and
+  forgets every plugin module loaded, after this call: so that a plugin a
+  test loads is not seen by the tests after it, in whatever order they
+  run."""
+  registries = (unlearning.METHODS, evaluators.EVALUATORS)
+  before = [set(r) for r in registries] + [set(sys.modules)]
+
+  def restore():
+    for registry, names in zip(registries, before):
+      for name in set(registry) - names:
+        del registry[name]
+    for name in set(sys.modules) - before[-1]:
+      if name.startswith('mufax_plugin_'):
+        del sys.modules[name]
+
+  return restore
+
+
 class PluginTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.addCleanup(registries_restorer())
 
   def test_the_readme_example_runs_as_a_row(self):
     config = experiment_test.tiny_config(self.create_tempdir().full_path)
@@ -44,6 +68,16 @@ class PluginTest(absltest.TestCase):
     extended = config.copy_and_resolve_references()
     extended.methods = 'extended'
     self.assertIn('uniform_forget', experiment.method_names(extended))
+
+  def test_a_loaded_plugin_is_gone_after_its_test(self):
+    restore = registries_restorer()
+    plugins.load(EXAMPLE)
+    self.assertIn('uniform_forget', unlearning.METHODS)
+    restore()
+    self.assertNotIn('uniform_forget', unlearning.METHODS)
+    # Loaded again, it registers again rather than finding its module.
+    plugins.load(EXAMPLE)
+    self.assertIn('uniform_forget', unlearning.METHODS)
 
   def test_the_readme_shows_the_example_whole(self):
     with open(EXAMPLE) as f, open(os.path.join(REPO, 'README.md')) as readme:

@@ -1,6 +1,7 @@
 """Tests of the built-in synthetic_faces dataset."""
 
 import collections
+import shutil
 import tempfile
 
 from absl.testing import absltest
@@ -28,7 +29,13 @@ class SyntheticFacesTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.data = build(tempfile.mkdtemp())
+    cls.data_dir = tempfile.mkdtemp(prefix='synthetic_faces-')
+    cls.data = build(cls.data_dir)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.data_dir, ignore_errors=True)
+    super().tearDownClass()
 
   def identities(self, split):
     return [e['identity'].decode() for e in self.data[split]]
@@ -77,14 +84,14 @@ class SyntheticFacesTest(absltest.TestCase):
       self.assertFalse(np.array_equal(images[0], a))
 
   def test_deterministic(self):
-    again = build(tempfile.mkdtemp())
+    again = build(self.create_tempdir().full_path)
     for split in SPLITS:
       for a, b in zip(self.data[split], again[split], strict=True):
         np.testing.assert_array_equal(a['image'], b['image'])
         self.assertEqual(a['label'], b['label'])
 
   def test_seed_changes_images(self):
-    other = build(tempfile.mkdtemp(), seed=1)
+    other = build(self.create_tempdir().full_path, seed=1)
     self.assertFalse(np.array_equal(self.data['test'][0]['image'],
                                      other['test'][0]['image']))
 

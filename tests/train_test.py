@@ -1,5 +1,7 @@
 """Training populations: members equal single models, devices equal one
-device, the compiled loop equals host-fed steps, resuming, refusing."""
+device, device-gathered batches equal host-gathered ones, the compiled loop
+equals steps dispatched one by one, resuming, refusing; SGD and Adam as
+torch's."""
 
 import os
 
@@ -75,28 +77,31 @@ def moved(test, before, after, tol=1e-3):
 
 class PopulationTest(absltest.TestCase):
 
-  def test_member_equals_the_single_model_of_its_seed(self):
+  def test_every_member_equals_the_single_model_of_its_seed(self):
     eng = make_engine(jax.devices()[:1])
-    single, _ = fit(eng, self.create_tempdir().full_path, (6,), SHORT)
-    alone = engine.member(single.variables, 0)
+    seeds = (5, 6)
+    alone = [engine.member(fit(eng, self.create_tempdir().full_path, (seed,),
+                               SHORT)[0].variables, 0) for seed in seeds]
     # All members in one vmapped program, and one by one (one CPU device's
     # default).
     for per_call in (2, 1):
       population, history = fit(make_engine(jax.devices()[:1],
                                             members_per_call=per_call),
-                                self.create_tempdir().full_path, (5, 6),
+                                self.create_tempdir().full_path, seeds,
                                 SHORT)
       self.assertEqual(np.asarray(population.step).tolist(), [3, 3])
       self.assertGreater(history[0]['flops'], 0)
-      member = engine.member(population.variables, 1)
-      # Two members in one program convolve as XLA's grouped convolution,
-      # whose rounding differs by CPU model; three BatchNorm-train steps
-      # amplify it to ~1e-5 on some (a wrong seed or order gives ~1e-2).
-      assert_trees_close(self, member, alone, 1e-4)
-    # Members differ from each other: each has its own init and data order.
-    moved(self, engine.member(population.variables, 0), member)
+      for k in range(len(seeds)):
+        # Two members in one program convolve as XLA's grouped convolution,
+        # whose rounding differs by CPU model; three BatchNorm-train steps
+        # amplify it to ~1e-5 on some (a wrong seed or order gives ~1e-2).
+        assert_trees_close(self, engine.member(population.variables, k),
+                           alone[k], 1e-4)
+    # Members differ from each other (each has its own init and data
+    # order), and moved from their start.
+    moved(self, alone[0], alone[1])
     fresh = engine.member(eng.init(engine.sgd(), (6,)).variables, 0)
-    moved(self, fresh['params'], member['params'])
+    moved(self, fresh['params'], alone[1]['params'])
 
   def test_masked_member_trains_on_its_subset(self):
     eng = make_engine(jax.devices()[:1])
@@ -137,9 +142,11 @@ class PopulationTest(absltest.TestCase):
       np.testing.assert_allclose(eval_one['loss'], eval_four['loss'],
                                  rtol=1e-5, atol=1e-5)
 
-  def test_compiled_loop_equals_host_fed_steps(self):
-    """The device-resident, compiled epoch equals feeding the host-gathered
-    batches one step at a time, with the same order and draws."""
+  def test_resident_epoch_equals_host_gathered_batches(self):
+    """One member's epoch through `train.fit`, its batches gathered on the
+    device from the resident splits, equals the host's gathered batches fed
+    to the population step one at a time, with the same order and draws
+    (on CPU both run step by step; the compiled loop has its own test)."""
     eng = make_engine(jax.devices()[:1])
     seeds = (6,)
     resident, _ = train.fit(
@@ -212,7 +219,7 @@ class PopulationTest(absltest.TestCase):
     plan = engine.Plan.stack(engine.epoch_plan(
         [np.arange(16)], batch_size=8, seeds=seeds, epoch=0))
     eng = make_engine(jax.devices()[:1])
-    self.assertTrue(eng.step_by_step)
+    self.assertEqual(eng.executor, engine.HOST)
     state = engine.with_learning_rate(eng.init(engine.sgd(0.05, 0.9), seeds),
                                       0.05)
     compiled = []
@@ -224,26 +231,36 @@ class PopulationTest(absltest.TestCase):
       compiled.append(len(eng.compiler._cache))
     self.assertEqual(compiled[1] - compiled[0], 1)
 
-  def test_compiled_loop_equals_steps_dispatched_one_by_one(self):
-    """Accelerators run a chunk of steps as one compiled loop, CPUs queue
-    them one by one (batch programs, then the update): the same steps."""
+  def test_loop_executor_equals_host_executor_and_four_devices_one(self):
+    """Training from scratch, a population of 2 in one program: accelerators'
+    compiled loop and CPU's host dispatch run the same steps (1e-5); the loop
+    on four devices sums the batch's gradients in another order (1e-3 of
+    the change)."""
     seeds = (3, 8)
-    plan = engine.Plan.stack(engine.epoch_plan(
-        [np.arange(22)] * len(seeds), batch_size=8, seeds=seeds, epoch=0))
-    results = []
-    for step_by_step in (True, False):
-      eng = make_engine(jax.devices()[:1])
-      eng.step_by_step = step_by_step
-      state = engine.with_learning_rate(
-          eng.init(engine.sgd(0.05, 0.9), seeds), 0.05)
-      results.append(eng.run(
-          plan, {'train': engine.Update(engine.TASK_OBJECTIVE, engine.SGD)},
-          state, train.augmentation_keys(seeds)))
-    (dispatched, by_step), (looped, by_loop) = results
-    assert_trees_close(self, dispatched.variables, looped.variables, 1e-5)
-    np.testing.assert_allclose(by_step.measured['loss'],
-                               by_loop.measured['loss'], rtol=1e-5)
-    self.assertEqual(by_step.measured['loss'].shape, (3, 2))
+    results = {}
+    for devices, executor in ((1, engine.HOST), (1, engine.LOOP),
+                              (4, engine.LOOP)):
+      eng = make_engine(jax.devices()[:devices], executor=executor,
+                        members_per_call=len(seeds))
+      self.assertEqual(eng.executor, executor)
+      state, history = fit(eng, self.create_tempdir().full_path, seeds,
+                           SHORT)
+      results[devices, executor] = (
+          state.variables, [h['train_loss'] for h in history],
+          eng.evaluate(state.variables, 'test')['loss'])
+    host_vars, host_loss, host_losses = results[1, engine.HOST]
+    loop_vars, loop_loss, loop_losses = results[1, engine.LOOP]
+    assert_trees_close(self, host_vars, loop_vars, 1e-5)
+    np.testing.assert_allclose(host_losses, loop_losses, rtol=1e-5,
+                               atol=1e-6)
+    self.assertEqual(host_losses.shape, (2, 9))
+    np.testing.assert_allclose(host_loss, loop_loss, rtol=1e-5)
+    start = jax.device_get(make_engine(jax.devices()[:1]).init(
+        engine.SGD, seeds).variables)
+    moved(self, start['params'], host_vars['params'])
+    trees_testing.assert_equal_up_to_rounding(
+        self, start, jax.device_get(host_vars),
+        jax.device_get(results[4, engine.LOOP][0]), rel=1e-3)
 
 
 class FitTest(absltest.TestCase):
@@ -339,6 +356,31 @@ class RecipeTest(absltest.TestCase):
       schedule.step()
     np.testing.assert_allclose(np.asarray(params), weight.detach().numpy(),
                                rtol=1e-6)
+
+  def test_adam_follows_torch_adam(self):
+    # Gradients of mixed scales, one of them near ε, so that the bias
+    # corrections and ε all enter; Bad Teaching's learning rate and a larger
+    # one.
+    rng = np.random.default_rng(1)
+    grads = (rng.normal(size=(8, 5))
+             * np.array([1.0, 1e-3, 1e-8, 10.0, 0.1])).astype(np.float32)
+    start = np.linspace(-1, 1, 5, dtype=np.float32)
+    for lr in (1e-4, 0.05):
+      params = start
+      opt_state = engine.adam(lr).init(params)
+      for g in grads:
+        updates, opt_state = engine.ADAM.update(g, opt_state, params)
+        params = optax.apply_updates(params, updates)
+
+      weight = torch.nn.Parameter(torch.from_numpy(start.copy()))
+      adam = torch.optim.Adam([weight], lr=lr)
+      for g in grads:
+        weight.grad = torch.from_numpy(g)
+        adam.step()
+      np.testing.assert_allclose(np.asarray(params), weight.detach().numpy(),
+                                 rtol=1e-6, atol=1e-7, err_msg=f'lr {lr}')
+      # Every weight moved by far more than the tolerance.
+      self.assertGreater(np.abs(np.asarray(params) - start).min(), lr / 4)
 
   def test_recipe_from_config(self):
     config = ml_collections.ConfigDict({

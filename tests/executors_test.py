@@ -1,0 +1,77 @@
+"""Executors and the model's formulations, chosen once from the devices."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest
+
+from mufax import conv
+from mufax import engine
+from mufax import models
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeDevice:
+  """What an engine reads of a device before it runs anything."""
+  platform: str
+  id: int = 0
+
+
+def tiny_engine(devices, **kwargs):
+  splits = {'train': {'image': np.zeros((4, 16, 16, 3), np.uint8),
+                      'label': np.zeros(4, np.int64)}}
+  return engine.Engine(models.ResNetTiny(num_outputs=3), loss='softmax',
+                       splits=splits, devices=devices, **kwargs)
+
+
+def primitives(model) -> str:
+  """The primitives of the model's training forward pass, as traced."""
+  variables = jax.eval_shape(
+      lambda: models.init_variables(model, jax.random.key(0), 32))
+  jaxpr = jax.make_jaxpr(lambda v: model.apply(
+      v, jnp.zeros((2, 32, 32, 3)), train=True, mutable=['batch_stats']))(
+          variables)
+  return ' '.join(str(e.primitive) for e in jaxpr.jaxpr.eqns)
+
+
+class ExecutorTest(absltest.TestCase):
+
+  def test_auto_is_host_on_cpu_and_the_loop_elsewhere(self):
+    self.assertEqual(engine.choose_executor('auto', 'cpu'), engine.HOST)
+    for platform in ('gpu', 'tpu'):
+      self.assertEqual(engine.choose_executor('auto', platform), engine.LOOP)
+      self.assertEqual(engine.choose_executor('host', platform), engine.HOST)
+    self.assertEqual(engine.choose_executor('loop', 'cpu'), engine.LOOP)
+    with self.assertRaisesRegex(ValueError, "'fast'"):
+      engine.choose_executor('fast', 'cpu')
+
+  def test_an_engine_off_cpu_builds_the_native_model(self):
+    gpu = tiny_engine([FakeDevice('gpu')])
+    self.assertEqual((gpu.platform, gpu.executor), ('gpu', engine.LOOP))
+    self.assertIs(gpu.model.conv, conv.Conv)
+    self.assertIs(gpu.model.pool, conv.max_pool)
+    # All members at once: the one-by-one default is for XLA's CPU.
+    self.assertIsNone(gpu.members_per_call)
+    cpu = tiny_engine(jax.devices()[:1])
+    self.assertEqual((cpu.platform, cpu.executor), ('cpu', engine.HOST))
+    self.assertIs(cpu.model.pool, conv.cpu_max_pool)
+    self.assertEqual(cpu.members_per_call, 1)
+    # What is traced: CPU's custom gradients, or none of them.
+    self.assertIn('custom_vjp_call', primitives(cpu.model))
+    self.assertNotIn('custom_vjp_call', primitives(gpu.model))
+    # A model that names its formulations keeps them on any platform.
+    chosen = tiny_engine([FakeDevice('tpu')]).model.clone(
+        conv=conv.CpuConv)
+    self.assertIs(models.for_platform(chosen, 'tpu').conv, conv.CpuConv)
+
+  def test_a_forced_executor_keeps_the_platforms_formulations(self):
+    forced = tiny_engine(jax.devices()[:1], executor=engine.LOOP)
+    self.assertEqual(forced.executor, engine.LOOP)
+    self.assertIs(forced.model.conv, conv.CpuConv)
+    self.assertIsNone(forced.members_per_call)
+
+
+if __name__ == '__main__':
+  absltest.main()
