@@ -263,13 +263,17 @@ def run_quickstart(config_name: str, workdir: str, settings) -> dict:
   start = time.perf_counter()
   records = experiment.run(config, out)
   wall = time.perf_counter() - start
-  keys = ('method', 'accuracy', 'mia', 'nomus', 'F', 'lira_accuracy',
-          'update_steps', 'seconds', 'compile_seconds')
+  keys = ('method', 'accuracy', 'mia', 'nomus', 'update_steps',
+          'wall_seconds', 'compile_seconds')
+  # The extended evaluation's forget quality and attack, where it ran.
+  extended = ('F', 'lira_accuracy')
   return {'config': f'configs/{config_name}.py',
           'population': config.population.size,
           'epochs': config.original.epochs,
           'wall_s': round(wall, 1), 'workdir': out,
-          'rows': [{k: r[k] for k in keys if k in r} for r in records]}
+          'rows': [{k: r[k] for k in keys if k in r}
+                   | {k: r['evaluation'][k] for k in extended
+                      if k in r.get('evaluation', {})} for r in records]}
 
 
 # ----------------------------------------------------------------- reports
@@ -312,7 +316,7 @@ def markdown(report: Mapping) -> str:
     lines += [f'| {r["method"]} | {fmt(r.get("accuracy"))} | '
               f'{fmt(r.get("mia"))} | {fmt(r.get("nomus"))} | '
               f'{fmt(r.get("F"))} | {fmt(r.get("lira_accuracy"))} | '
-              f'{r.get("seconds", 0):.1f} |' for r in run['rows']]
+              f'{r.get("wall_seconds", 0):.1f} |' for r in run['rows']]
     lines.append('')
   return '\n'.join(lines)
 

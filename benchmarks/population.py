@@ -82,7 +82,10 @@ def time_config(name: str, members: list[int], batch_size: int, steps: int,
                 repeats: int) -> list[dict]:
   """One row per population size: img/s of both ways, ratio, compile s."""
   num_filters, size = CONFIGS[name]
-  model = models.ResNet18(num_outputs=NUM_OUTPUTS, num_filters=num_filters)
+  # The formulations the engine would build for this platform.
+  model = models.for_platform(
+      models.ResNet18(num_outputs=NUM_OUTPUTS, num_filters=num_filters),
+      jax.default_backend())
   tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
   step = make_step(model, tx)
 

@@ -24,7 +24,7 @@ REPORT = {
     'quickstart': {'config': 'configs/quickstart.py', 'population': 1,
                    'epochs': 40, 'wall_s': 61.2,
                    'rows': [{'method': 'original', 'accuracy': 0.33,
-                             'mia': 0.7, 'nomus': 0.46, 'seconds': 3.0}]},
+                             'mia': 0.7, 'nomus': 0.46, 'wall_seconds': 3.0}]},
 }
 
 
