@@ -45,6 +45,14 @@ def learning_rate(recipe: Recipe, epoch: int) -> float:
                                            for e in recipe.decay_epochs)
 
 
+def architecture(model_repr: str) -> str:
+  """A model's repr without its formulations (`conv =`, `pool =` lines):
+  they change float rounding, not what a checkpoint holds, and the repr of a
+  function holds its address."""
+  return '\n'.join(line for line in model_repr.split('\n')
+                   if not line.strip().startswith(('conv =', 'pool =')))
+
+
 def augmentation_keys(seeds: Sequence[int]) -> jax.Array:
   """Member k's key for its augmentation draws, beside its init key."""
   return jax.vmap(lambda s: jax.random.split(jax.random.key(s))[1])(
@@ -178,7 +186,8 @@ def fit(recipe: Recipe, *, engine: engine_lib.Engine, split: str,
   tx = engine_lib.sgd(recipe.learning_rate, recipe.momentum)
   fingerprint = {'recipe': dataclasses.asdict(recipe), 'loss': engine.loss,
                  'seeds': list(seeds), 'examples': n,
-                 'image_size': engine.input_size, 'model': repr(engine.model)}
+                 'image_size': engine.input_size,
+                 'model': architecture(repr(engine.model))}
   if masks is not None:
     fingerprint['masks'] = hashlib.sha256(
         np.packbits(np.asarray(masks, bool)).tobytes()).hexdigest()
@@ -193,7 +202,9 @@ def fit(recipe: Recipe, *, engine: engine_lib.Engine, split: str,
     # The fingerprint first: a checkpoint of other shapes would not restore.
     meta = _restore(manager, checkpoint_dir, latest,
                     meta=ocp.args.JsonRestore())
-    if meta['fingerprint'] != json.loads(json.dumps(fingerprint)):
+    saved = dict(meta['fingerprint'])
+    saved['model'] = architecture(saved.get('model', ''))
+    if saved != json.loads(json.dumps(fingerprint)):
       raise CheckpointError(
           f'{checkpoint_dir} holds a checkpoint of a different run '
           f'({meta["fingerprint"]}); use another directory or delete it to '

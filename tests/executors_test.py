@@ -10,6 +10,7 @@ from absl.testing import absltest
 from mufax import conv
 from mufax import engine
 from mufax import models
+from mufax import train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +72,22 @@ class ExecutorTest(absltest.TestCase):
     self.assertEqual(forced.executor, engine.LOOP)
     self.assertIs(forced.model.conv, conv.CpuConv)
     self.assertIsNone(forced.members_per_call)
+
+  def test_checkpoints_fingerprint_the_architecture_not_the_formulations(self):
+    # A function's repr holds its address, which differs between processes;
+    # a checkpoint saved before models named their pool says `conv = Conv`.
+    model = models.ResNetTiny(num_outputs=3)
+    saved = ('ResNet(\n    # attributes\n    stage_sizes = (1, 1, 1, 1)\n'
+             '    num_outputs = 3\n    num_filters = 4\n    dtype = float32'
+             '\n    conv = Conv\n)')
+    self.assertEqual(
+        {train.architecture(repr(models.for_platform(model, p)))
+         for p in ('cpu', 'gpu')} | {train.architecture(saved)},
+        {train.architecture(repr(model))})
+    self.assertNotIn('0x', train.architecture(repr(models.for_platform(
+        model, 'cpu'))))
+    self.assertNotEqual(train.architecture(repr(model)), train.architecture(
+        repr(models.ResNetTiny(num_outputs=8))))
 
 
 if __name__ == '__main__':
