@@ -26,6 +26,11 @@ REL = 1e-3
 # The host and loop executors on the same devices: the same programs but
 # for the loop around them.
 EXECUTOR_TOLERANCE = 1e-5
+# On 4 devices too: one method of each kind of stage (a plain pass, forget
+# and retain batches in one step, UNSIR's noise search, two objectives with a
+# teacher, two teachers, gradient sums), to keep the suite's time.
+FOUR_DEVICE_METHODS = ('finetune', 'advanced_neggrad', 'unsir', 'scrub',
+                       'bad_teaching', 'ssd')
 SGD_METHODS = ('finetune', 'cf_k', 'neggrad', 'advanced_neggrad', 'unsir',
                'scrub', 'random_labels', 'bad_teaching', 'ssd', 'salun',
                'l1_sparse', 'msg', 'ct')
@@ -338,7 +343,7 @@ class PopulationTest(parameterized.TestCase):
   """Each method on a population of 2, both members in one program: every
   member equals the single model of its seed; accelerators' compiled loop
   equals CPU's host dispatch (within EXECUTOR_TOLERANCE); the loop on 4
-  devices equals 1 device (within REL of the change)."""
+  devices equals 1 device (within REL of the change; FOUR_DEVICE_METHODS)."""
 
   @parameterized.parameters(*SGD_METHODS)
   def test_members_executors_and_devices_agree(self, method):
@@ -360,8 +365,10 @@ class PopulationTest(parameterized.TestCase):
     if method == 'random_labels':
       hparams['labels'] = 'other'
     results = {}
-    for devices, executor in ((1, engine.HOST), (1, engine.LOOP),
-                              (4, engine.LOOP)):
+    runs = [(1, engine.HOST), (1, engine.LOOP)]
+    if method in FOUR_DEVICE_METHODS:
+      runs.append((4, engine.LOOP))
+    for devices, executor in runs:
       # Both members in one program.
       ctx, original = tiny_context(
           jax.devices()[:devices], seeds=seeds, executor=executor,
@@ -406,8 +413,9 @@ class PopulationTest(parameterized.TestCase):
             losses[split], looped[name][1][split], rtol=EXECUTOR_TOLERANCE,
             atol=EXECUTOR_TOLERANCE, err_msg=f'{name} {split}')
       # The devices sum the batch's gradients in another order.
-      trees_testing.assert_equal_up_to_rounding(
-          self, start, variables, results[4, engine.LOOP][name][0], rel=REL)
+      if (4, engine.LOOP) in results:
+        trees_testing.assert_equal_up_to_rounding(
+            self, start, variables, results[4, engine.LOOP][name][0], rel=REL)
 
 
 if __name__ == '__main__':
