@@ -189,7 +189,7 @@ class MufacRealDataTest(absltest.TestCase):
     summary = prepare.describe(builder)
     counts = {s: (v['images'], v['identities'])
               for s, v in summary['splits'].items()}
-    # README "Split counts".
+    # docs/datasets.md "Split counts".
     self.assertEqual(counts, {'train': (10025, 896), 'retain': (8525, 761),
                               'forget': (1500, 136), 'test': (1539, 161),
                               'unseen': (1504, 159)})
@@ -213,19 +213,19 @@ class MufacRealDataTest(absltest.TestCase):
     splits = summary['splits']
     self.assertEqual(splits['train']['images'],
                      splits['forget']['images'] + splits['retain']['images'])
-    # README "Split counts": forget grows to whole people, then every split
-    # loses its cross-split duplicates.
+    # docs/datasets.md "Split counts": forget grows to whole people, then
+    # every split loses its cross-split duplicates.
     self.assertEqual(
         {s: (v['images'], v['identities']) for s, v in splits.items()},
         {'train': (9900, 887), 'forget': (1473, 134), 'retain': (8427, 753),
          'test': (1519, 159), 'unseen': (1460, 155)})
 
-  def test_audit_finds_the_pairs_the_readme_publishes(self):
+  def test_audit_finds_the_pairs_the_docs_publish(self):
     builder = prepare.prepare('mufac/paper', data_dir=self.data_dir,
                               manual_dir=self.manual)
     pairs, _, identities = audit.audit(builder)
     summary = audit.summarize(pairs, identities)
-    # README "Near-duplicate audit": every pair joins two identities.
+    # docs/datasets.md "Near-duplicate audit": every pair joins two identities.
     self.assertEqual(
         {k: (v['pairs'], v['different_identity']) for k, v in summary.items()},
         {k: (n, n) for k, n in {

@@ -43,7 +43,7 @@ class PluginTest(absltest.TestCase):
     super().setUp()
     self.addCleanup(registries_restorer())
 
-  def test_the_readme_example_runs_as_a_row(self):
+  def test_the_example_runs_as_a_row(self):
     config = experiment_test.tiny_config(self.create_tempdir().full_path)
     config.plugins = EXAMPLE
     plugins.load(config.plugins)
@@ -79,9 +79,10 @@ class PluginTest(absltest.TestCase):
     plugins.load(EXAMPLE)
     self.assertIn('uniform_forget', unlearning.METHODS)
 
-  def test_the_readme_shows_the_example_whole(self):
-    with open(EXAMPLE) as f, open(os.path.join(REPO, 'README.md')) as readme:
-      self.assertIn(f.read(), readme.read())
+  def test_the_docs_show_the_example_whole(self):
+    methods_md = os.path.join(REPO, 'docs', 'methods.md')
+    with open(EXAMPLE) as f, open(methods_md) as doc:
+      self.assertIn(f.read(), doc.read())
 
   def test_command_line_sets_a_plugin_hyperparameter(self):
     # The value is refused by the plugin's own Hparams, which only exist
