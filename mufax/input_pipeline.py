@@ -137,7 +137,8 @@ def gather_batch(data: Mapping[str, jax.Array],
 
 
 def to_float(images: jax.Array) -> jax.Array:
-  """Evaluation preprocessing: [0, 1] float32 (images are already 128x128)."""
+  """Evaluation preprocessing: [0, 1] float32, at the stored size (the
+  engine resizes to `config.data.image_size` where it differs)."""
   if images.dtype == jnp.uint8:
     return images.astype(jnp.float32) / 255.0
   return images.astype(jnp.float32)

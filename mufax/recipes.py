@@ -1,8 +1,8 @@
 """How the original and the retrained models are trained (docs/protocol.md §4).
 
-Keyed by `tasks.Task.family`. Configs copy these values into
-`config.original` and `config.retrain`, where the command line can override
-each of them.
+Keyed by `tasks.Task.family`. `config.original` and `config.retrain` hold
+None for each value; the run takes the value from here unless the config or
+the command line sets it (`experiment.recipe`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Training from scratch (protocol §4): recipes, and `fit`, which trains a
-population of models epoch by epoch through the engine, saving every epoch.
+population of models epoch by epoch through the engine, saving a
+checkpoint at the end of an epoch once `checkpoint_every_s` has passed.
 """
 
 from __future__ import annotations
