@@ -5,7 +5,7 @@ On a machine with one GPU or TPU and nothing installed but the test
 requirements:
 
   pip install -r requirements-test.txt
-  python -m benchmarks.device_check --json=/tmp/device_check.json \
+  python -m benchmarks.device_check --json=device_check.json \
       --benchmarks_md=BENCHMARKS.md
 
 It runs, on the devices JAX finds (or those of `--platform`):

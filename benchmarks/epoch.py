@@ -56,7 +56,7 @@ bookkeeping and the copies back to the host included. Compilation is
 excluded from both (none happens in a timed epoch; it is reported if it
 does).
 
-  python -m benchmarks.epoch --json=/tmp/epoch64.json
+  python -m benchmarks.epoch --json=runs/benchmarks/epoch64.json
 
 The data are prepared with TFDS if needed (`--data_dir`, from the archive in
 `--manual_dir`). PyTorch and torchvision are optional dependencies needed only
@@ -92,14 +92,14 @@ from mufax.data import prepare
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_DATA_DIR = flags.DEFINE_string('data_dir', '/tmp/tfds',
+_DATA_DIR = flags.DEFINE_string('data_dir', 'runs/tfds',
                                 'Where the prepared TFDS dataset lives.')
 _MANUAL_DIR = flags.DEFINE_string(
     'manual_dir', os.path.normpath(os.path.join(_ROOT, '..', 'shared', 'data',
                                                 'mufac')),
     'The folder holding custom_korean_family_dataset_resolution_128.zip.')
 _REFERENCE_DIR = flags.DEFINE_string(
-    'reference_dir', '/tmp/mufax_epoch_reference',
+    'reference_dir', 'runs/epoch_reference',
     'Where the archive\'s train and val folders are unzipped for the '
     'reference pipeline (once; reused when present).')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 64, 'Height and width the '

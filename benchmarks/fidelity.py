@@ -37,9 +37,9 @@ method; run again with the same settings, the harness keeps what is done.
   # SCRUB on real MUFAC at 64x64, 5 seeds per side (CPU).
   python -m benchmarks.fidelity --config=configs/mufac_scrub.py \
       --config.data.manual_dir=../shared/data/mufac \
-      --config.data.data_dir=/tmp/tfds --config.data.image_size=64 \
-      --methods=scrub --seeds=5 --original_dir=/tmp/fidelity/original \
-      --out=/tmp/fidelity/scrub
+      --config.data.data_dir=runs/tfds --config.data.image_size=64 \
+      --methods=scrub --seeds=5 --original_dir=runs/fidelity/original \
+      --out=runs/fidelity/scrub
 
 `--original_dir` holds the original as `train.fit` saves it (under
 checkpoints/, as a run's workdir does): trained with config.original's
@@ -911,9 +911,9 @@ _METHODS = flags.DEFINE_string(
 _SEEDS = flags.DEFINE_integer('seeds', 5, 'Runs per side: seeds config.seed '
                               '+ 0..N-1.')
 _ORIGINAL_DIR = flags.DEFINE_string(
-    'original_dir', '/tmp/mufax_fidelity/original', 'Where the mufax original '
+    'original_dir', 'runs/fidelity/original', 'Where the mufax original '
     'is trained, or found if it is there.')
-_OUT = flags.DEFINE_string('out', '/tmp/mufax_fidelity',
+_OUT = flags.DEFINE_string('out', 'runs/fidelity',
                            'Where fidelity.json and fidelity.md go.')
 _AUGMENT = flags.DEFINE_boolean(
     'augment', True, 'The training transforms on both sides (protocol §2.3).')

@@ -16,7 +16,7 @@ no augmentation. Two models:
 - small: `models.ResNet18(num_outputs=8, num_filters=16)` at 32x32;
 - full: `models.ResNet18(num_outputs=8)` at 64x64.
 
-  python -m benchmarks.population --json=/tmp/population.json
+  python -m benchmarks.population --json=runs/benchmarks/population.json
 
 Each figure is the median over `--repeats` repetitions of `--steps` steps per
 member, after one warm-up step. Compilation is timed apart (`compile_s`).

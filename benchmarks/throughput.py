@@ -16,7 +16,7 @@ Each figure is the median over `--repeats` repetitions of `--steps` steps,
 after one warm-up repetition. Compilation is timed apart (`compile_s`).
 
   python -m benchmarks.throughput --image_sizes=32,64,128 \
-      --json=/tmp/throughput.json
+      --json=runs/benchmarks/throughput.json
 
 times each size in turn and ends with a table of the ratios at every size.
 

@@ -5,7 +5,7 @@ MUFAC holds near-identical photos under different families (docs/protocol.md
 the MIA.
 
   python -m mufax.data.audit --dataset=mufac/paper \
-      --manual_dir=../shared/data/mufac --data_dir=/tmp/tfds --out=pairs.csv \
+      --manual_dir=../shared/data/mufac --data_dir=runs/tfds --out=pairs.csv \
       [--max_distance=4]
 
 prints, per split pair (within and across), the number of near-duplicate image

@@ -1,7 +1,7 @@
 r"""Builds a benchmark dataset if needed and reports its splits.
 
   python -m mufax.data.prepare --dataset=mufac/paper \
-      --manual_dir=../shared/data/mufac --data_dir=/tmp/tfds
+      --manual_dir=../shared/data/mufac --data_dir=runs/tfds
 
 The last line of standard output is one JSON object: per split the number of
 images, of identities and the class counts, and the number of identities
