@@ -131,7 +131,7 @@ class BadTeaching:
   """The student's objective: per example, KL(teacher ‖ student) at
   `temperature` against the teacher of the example's split (`TEACHERS`),
   averaged over the step's examples."""
-  temperature: float = 1.0
+  temperature: float
   bernoulli: bool = False
 
   def prepare(self, forward, inputs):

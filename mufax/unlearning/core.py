@@ -45,14 +45,16 @@ REFERENCE_SOURCE = 'protocol §5 (the reference notebooks)'
 
 
 def hparam(default, *, source: str, minimum=None, maximum=None,
-           positive: bool = False, choices=None):
+           positive: bool = False, choices=None,
+           per_task: Mapping[str, Any] | None = None):
   """A hyperparameter field: its default, where that default comes from (a
   paper, a reference implementation, or mufax's choice), and the values it
-  may take. A default of None means the reference's value for the task,
-  which the method picks."""
+  may take. Where the reference's value depends on the task, the default is
+  None and `per_task` holds it for each protocol §4 task
+  (`Hparams.for_task`)."""
   return dataclasses.field(default=default, metadata={
       'source': source, 'minimum': minimum, 'maximum': maximum,
-      'positive': positive, 'choices': choices})
+      'positive': positive, 'choices': choices, 'per_task': per_task})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +87,13 @@ class Hparams:
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in overrides.items()
                   if k in names and v is not None})
+
+  def for_task(self, task: str) -> Hparams:
+    """These values, with each field left at None set to its `per_task`
+    value for `task`."""
+    return dataclasses.replace(self, **{
+        f.name: f.metadata['per_task'][task] for f in dataclasses.fields(self)
+        if getattr(self, f.name) is None and f.metadata.get('per_task')})
 
   @classmethod
   def config_fields(cls) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from mufax.unlearning import core
 from mufax.unlearning import loops
 
 _RUN = ('Jia et al. 2023, github.com/OPTML-Group/Unlearn-Sparse, run.py '
-        '(commit ffdb6ed) params["FT_prune"], ResNet-18 CIFAR-10')
+        'params["FT_prune"], ResNet-18 CIFAR-10')
 _README = ('Jia et al. 2023, github.com/OPTML-Group/Unlearn-Sparse, '
            'README.MD l1-sparse command')
 _ARGS = ('Jia et al. 2023, github.com/OPTML-Group/Unlearn-Sparse, '

@@ -38,11 +38,11 @@ from mufax.unlearning import loops
 _ARGS = ('Fan et al. 2024 (SalUn), github.com/OPTML-Group/Unlearn-Saliency, '
          'Classification/arg_parser.py default')
 _RUN = ('Jia et al. 2023, github.com/OPTML-Group/Unlearn-Sparse, run.py '
-        '(commit ffdb6ed) params["RL"], ResNet-18 CIFAR-10')
+        'params["RL"], ResNet-18 CIFAR-10')
 _DRAW = ('Fan et al. 2024 (SalUn), github.com/OPTML-Group/Unlearn-Saliency, '
          'Classification/unlearn/RL.py (torch.randint(0, args.num_classes, '
          'target.shape)); also Jia et al. 2023, github.com/OPTML-Group/'
-         'Unlearn-Sparse, unlearn/RL.py (commit ffdb6ed) (np.random.randint('
+         'Unlearn-Sparse, unlearn/RL.py (np.random.randint('
          '0, args.num_classes, ...))')
 # Values of `labels`: every label may be drawn, or every label but the true
 # one.
