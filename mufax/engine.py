@@ -686,7 +686,7 @@ class Engine:
     self.devices = list(jax.devices() if devices is None else devices)
     self.platform = self.devices[0].platform
     # XLA's CPU backend runs convolutions inside a compiled loop several
-    # times slower than outside one (BENCHMARKS.md §2), so there the host
+    # times slower than outside one (BENCHMARKS.md §4), so there the host
     # dispatches a chunk step by step; each step still gathers its batch on
     # the device from the uploaded plan.
     self.executor = choose_executor(executor, self.platform)
