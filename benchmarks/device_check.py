@@ -39,9 +39,8 @@ float32 only, and of a population of 4; the quick starts with the tiny
 ResNet (one block per stage) and 2 epochs instead of 40 and 20 for the
 models they train from scratch, the quick start with original, retrain,
 fine-tuning and SCRUB, the population quick start with 8 members and
-original, retrain and fine-tuning. It shows the script
-works before a device is lent; its figures say nothing about an
-accelerator.
+original, retrain and fine-tuning. It shows the script works before a
+device is lent; its figures say nothing about an accelerator.
 """
 
 from __future__ import annotations
