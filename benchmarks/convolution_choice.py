@@ -24,6 +24,9 @@ import numpy as np
 from mufax import conv
 from mufax import engine
 from mufax import models
+from mufax import objectives
+from mufax import optimizers
+from mufax import plans
 
 _WIDTH = flags.DEFINE_integer('width', 16, 'ResNet-18 width (64: full).')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 32, 'Image side.')
@@ -47,13 +50,12 @@ def main(argv):
                       else None),
       loss='softmax', splits=splits, log_every_s=1e9, image_size=size)
   seeds = list(range(members))
-  state = eng.init(engine.sgd(0.01, 0.9), seeds)
-  plan = engine.Plan.stack(engine.epoch_plan(
+  state = eng.init(optimizers.sgd(0.01, 0.9), seeds)
+  plan = plans.Plan.stack(plans.epoch_plan(
       [np.arange(n)] * members, batch_size=64, seeds=seeds, epoch=0))
   rngs = jax.vmap(jax.random.key)(np.arange(members))
-  _, result = eng.run(plan, {'train': engine.Update(engine.TASK_OBJECTIVE,
-                                                    engine.SGD)},
-                      state, rngs)
+  update = objectives.Update(objectives.TASK_OBJECTIVE, optimizers.SGD)
+  _, result = eng.run(plan, {'train': update}, state, rngs)
   print(json.dumps({
       'width': _WIDTH.value, 'image_size': size, 'members': members,
       'convolutions': _CONVOLUTIONS.value,

@@ -49,10 +49,10 @@ from torch import nn
 import torch.nn.functional as F
 
 from mufax import conv
-from mufax import engine
 from mufax import input_pipeline
 from mufax import losses as losses_lib
 from mufax import models
+from mufax import objectives
 from mufax import torch_resnet
 
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Images per step.')
@@ -158,8 +158,8 @@ def mufax_steps(images: np.ndarray, labels: np.ndarray,
                                       ops_in_loop=cpu)
 
     def loss_fn(params):
-      logits, new_stats = engine.apply_model(model, params, batch_stats,
-                                             images, train=True)
+      logits, new_stats = objectives.apply_model(model, params, batch_stats,
+                                                 images, train=True)
       return (losses_lib.per_sample_loss(logits, labels, 'softmax').mean(),
               new_stats)
 
