@@ -414,18 +414,28 @@ def runnable_methods(ctx: unlearning.Context, config,
                      names: list[str]) -> list[str]:
   """`names` less the methods that refuse the task, checked before anything
   trains: a method that refuses is an error if named, skipped if it came
-  with `extended`."""
+  with `extended`; rows that two stages (or two methods) would both write
+  are an error, since results.json keeps one record per row."""
   named = {m.strip() for m in config.methods.split(',')}
-  kept = []
+  kept, writer = [], {}
   for name in names:
     try:
-      if name in unlearning.METHODS:
-        unlearning.METHODS[name].row_names(method_context(ctx, config, name))
+      rows = (unlearning.METHODS[name].row_names(
+          method_context(ctx, config, name))
+              if name in unlearning.METHODS else [name])
     except unlearning.Unsupported as e:
       if name in named:
         raise ConfigError(f'config.methods: {name}: {e}') from e
       cluster.log(f'{name}: skipped, {e}')
       continue
+    for row in rows:
+      if row in writer:
+        raise ConfigError(
+            f'config.methods: {name}: row {row!r} is also written by '
+            + ('another of its stages' if writer[row] == name else
+               f'method {writer[row]}')
+            + '; give each stage that reports a row a name of its own.')
+      writer[row] = name
     kept.append(name)
   return kept
 
