@@ -28,6 +28,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from mufax import cluster
+from mufax import compilation
 from mufax import engine
 from mufax import experiment
 from mufax import files
@@ -61,8 +62,8 @@ def main(argv):
   started_by = cluster.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                                   _PROCESS_ID.value)
   if started_by:
-    engine.log(f'{jax.process_count()} processes ({started_by}), '
-               f'{jax.device_count()} devices')
+    cluster.log(f'{jax.process_count()} processes ({started_by}), '
+                f'{jax.device_count()} devices')
   # configs/mucac_all.py:gender -> results/mucac_all-gender
   path, _, argument = flags.FLAGS['config'].config_filename.partition(':')
   name = os.path.splitext(os.path.basename(path))[0]
@@ -70,13 +71,13 @@ def main(argv):
       'results', f'{name}-{argument}' if argument else name)
   try:
     records = experiment.run(_CONFIG.value, workdir)
-  except (DataError, experiment.ConfigError, engine.PopulationTooLarge,
+  except (DataError, experiment.ConfigError, compilation.PopulationTooLarge,
           engine.Diverged, files.WorkdirInUse, files.Unwritable,
           train.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  engine.log(experiment.format_table(records))
-  engine.log(f'results in {workdir}/results.json and results.md')
+  cluster.log(experiment.format_table(records))
+  cluster.log(f'results in {workdir}/results.json and results.md')
 
 
 if __name__ == '__main__':

@@ -1,11 +1,12 @@
 r"""Compile seconds and step time of the engine's update program, with the
-convolutions `conv.cpu_plan` chooses against all-native ones.
+convolutions `conv.cpu_formulations` chooses against all-native ones.
 
 The engine's own training program (device-resident data, augmentation, SGD
 with momentum, BatchNorm in train mode) for one epoch of random images, with
-`--members` members; `--convolutions=native` replaces `conv.cpu_plan` by XLA's
-native convolution everywhere. The step time is the epoch's run time (the
-first steps included, compilation excluded) over its steps.
+`--members` members; `--convolutions=native` replaces
+`conv.cpu_formulations` by XLA's native convolution everywhere. The step
+time is the epoch's run time (the first steps included, compilation
+excluded) over its steps.
 
   python -m benchmarks.convolution_choice --width=16 --image_size=32 \
       --members=1 --steps=30 --convolutions=plan
@@ -23,13 +24,17 @@ import numpy as np
 from mufax import conv
 from mufax import engine
 from mufax import models
+from mufax import objectives
+from mufax import optimizers
+from mufax import plans
 
 _WIDTH = flags.DEFINE_integer('width', 16, 'ResNet-18 width (64: full).')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 32, 'Image side.')
 _MEMBERS = flags.DEFINE_integer('members', 1, 'Population size.')
 _STEPS = flags.DEFINE_integer('steps', 30, 'Steps of batch 64 per member.')
-_CONVOLUTIONS = flags.DEFINE_enum('convolutions', 'plan', ['plan', 'native'],
-                                  "conv.cpu_plan's choices, or native everywhere.")
+_CONVOLUTIONS = flags.DEFINE_enum(
+    'convolutions', 'plan', ['plan', 'native'],
+    "conv.cpu_formulations' choices, or native everywhere.")
 
 
 def main(argv):
@@ -45,13 +50,12 @@ def main(argv):
                       else None),
       loss='softmax', splits=splits, log_every_s=1e9, image_size=size)
   seeds = list(range(members))
-  state = eng.init(engine.sgd(0.01, 0.9), seeds)
-  plan = engine.Plan.stack(engine.epoch_plan(
+  state = eng.init(optimizers.sgd(0.01, 0.9), seeds)
+  plan = plans.Plan.stack(plans.epoch_plan(
       [np.arange(n)] * members, batch_size=64, seeds=seeds, epoch=0))
   rngs = jax.vmap(jax.random.key)(np.arange(members))
-  _, result = eng.run(plan, {'train': engine.Update(engine.TASK_OBJECTIVE,
-                                                    engine.SGD)},
-                      state, rngs)
+  update = objectives.Update(objectives.TASK_OBJECTIVE, optimizers.SGD)
+  _, result = eng.run(plan, {'train': update}, state, rngs)
   print(json.dumps({
       'width': _WIDTH.value, 'image_size': size, 'members': members,
       'convolutions': _CONVOLUTIONS.value,

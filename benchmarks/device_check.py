@@ -62,8 +62,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from mufax import engine as engine_lib
+from mufax import executors
 from mufax import experiment
 from mufax import models
+from mufax import objectives
+from mufax import optimizers
+from mufax import plans
 from mufax import train
 from mufax import unlearning
 
@@ -143,13 +147,13 @@ def _runs(devices, executor: str, seeds, scrub_from=None) -> dict:
   eng = engine_lib.Engine(models.ResNetTiny(num_outputs=8), loss='softmax',
                           splits=splits, log_every_s=1e9, devices=devices,
                           executor=executor, members_per_call=len(seeds))
-  state = engine_lib.with_learning_rate(
-      eng.init(engine_lib.sgd(0.05, 0.9), seeds), 0.05)
+  state = optimizers.with_learning_rate(
+      eng.init(optimizers.sgd(0.05, 0.9), seeds), 0.05)
   start = jax.device_get(state.variables)
-  plan = engine_lib.Plan.stack(engine_lib.epoch_plan(
+  plan = plans.Plan.stack(plans.epoch_plan(
       [np.arange(22)] * len(seeds), batch_size=8, seeds=seeds, epoch=0))
-  state, _ = eng.run(plan, {'train': engine_lib.Update(
-      engine_lib.TASK_OBJECTIVE, engine_lib.SGD)}, state,
+  state, _ = eng.run(plan, {'train': objectives.Update(
+      objectives.TASK_OBJECTIVE, optimizers.SGD)}, state,
                      train.augmentation_keys(seeds),
                      sources={'train': 'retain'})
   trained = jax.device_get(state.variables)
@@ -171,12 +175,12 @@ def run_checks() -> list[dict]:
 
   seeds = (3, 8)
   one, every = jax.devices()[:1], jax.devices()
-  reference = _runs(one, engine_lib.HOST, seeds)
+  reference = _runs(one, executors.HOST, seeds)
   # Every other run unlearns from the reference's trained models (a single
   # model from its member), so that only the unlearning is compared.
   trained = reference['from scratch'][1]
-  looped = _runs(one, engine_lib.LOOP, seeds, scrub_from=trained)
-  singles = [_runs(one, engine_lib.HOST, (seed,), scrub_from=jax.tree.map(
+  looped = _runs(one, executors.LOOP, seeds, scrub_from=trained)
+  singles = [_runs(one, executors.HOST, (seed,), scrub_from=jax.tree.map(
       lambda x, k=k: x[k:k + 1], trained)) for k, seed in enumerate(seeds)]
   results = []
 
@@ -203,7 +207,7 @@ def run_checks() -> list[dict]:
   if len(every) > 1:
     # The executor this platform runs; the other one's steps are the same
     # programs (checked above).
-    executor = engine_lib.choose_executor('auto', every[0].platform)
+    executor = executors.choose_executor('auto', every[0].platform)
     spread = _runs(every, executor, seeds, scrub_from=trained)
     for what, (start, variables, _) in reference.items():
       check(f'{len(every)} devices = 1 ({executor})', what,
@@ -230,11 +234,11 @@ def _images_per_second(image_size: int, dtype, members: int, width: int,
       models.ResNet18(num_outputs=8, num_filters=width, dtype=dtype),
       loss='softmax', splits=splits, log_every_s=1e9)
   seeds = list(range(members))
-  state = eng.init(engine_lib.sgd(0.01, 0.9), seeds)
-  plan = engine_lib.Plan.stack(engine_lib.epoch_plan(
+  state = eng.init(optimizers.sgd(0.01, 0.9), seeds)
+  plan = plans.Plan.stack(plans.epoch_plan(
       [np.arange(n)] * members, batch_size=64, seeds=seeds, epoch=0))
-  update = {'train': engine_lib.Update(engine_lib.TASK_OBJECTIVE,
-                                       engine_lib.SGD)}
+  update = {'train': objectives.Update(objectives.TASK_OBJECTIVE,
+                                       optimizers.SGD)}
   # The first epoch compiles; the second is timed whole.
   state, first = eng.run(plan, update, state, train.augmentation_keys(seeds))
   _, result = eng.run(plan, update, state, train.augmentation_keys(seeds))

@@ -10,7 +10,7 @@ process:
 - mufax: an `engine.Engine(models.ResNet18(num_outputs=8), loss='softmax')`
   holding the prepared train and test splits on the device (uint8, 128x128,
   resized on the device to --image_size). An epoch is what `train.fit` does:
-  `engine.epoch_plan` + `Plan.stack`, `with_learning_rate`, `Engine.run` (one
+  `plans.epoch_plan` + `Plan.stack`, `with_learning_rate`, `Engine.run` (one
   compiled loop on an accelerator, queued programs per step on CPU; gather,
   resize, augmentation, forward, backward and update all on the device),
   the mean train loss and accuracy, then
@@ -82,10 +82,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mufax import cluster
+from mufax import compilation
 from mufax import engine as engine_lib
 from mufax import input_pipeline
 from mufax import losses
 from mufax import models
+from mufax import objectives
+from mufax import optimizers
+from mufax import plans
 from mufax import torch_resnet
 from mufax import train
 from mufax.data import prepare
@@ -142,7 +147,7 @@ class TimedCompiler:
   """The engine's `Compiler`, with every call of its executables timed until
   the outputs are ready (`seconds_in_calls`)."""
 
-  def __init__(self, compiler: engine_lib.Compiler):
+  def __init__(self, compiler: compilation.Compiler):
     self.inner = compiler
     self.seconds_in_calls = 0.0
 
@@ -186,9 +191,9 @@ class MufaxSide:
     self.engine.compiler = self.timer
     self.seeds = [SEED]
     self.state = self.engine.init(
-        engine_lib.sgd(LEARNING_RATE, MOMENTUM), self.seeds)
+        optimizers.sgd(LEARNING_RATE, MOMENTUM), self.seeds)
     self.rngs = train.augmentation_keys(self.seeds)
-    self.update = engine_lib.Update(engine_lib.TASK_OBJECTIVE, engine_lib.SGD)
+    self.update = objectives.Update(objectives.TASK_OBJECTIVE, optimizers.SGD)
     self.labels = splits['test']['label']
     self.pools = [np.arange(len(splits['train']['label']))]
     self.epoch = 0
@@ -199,10 +204,10 @@ class MufaxSide:
     compile_before = engine.compiler.seconds
     calls_before = self.timer.seconds_in_calls
     start = time.perf_counter()
-    plan = engine_lib.Plan.stack(engine_lib.epoch_plan(
+    plan = plans.Plan.stack(plans.epoch_plan(
         self.pools, batch_size=BATCH_SIZE, seeds=self.seeds,
         epoch=self.epoch))
-    state = engine_lib.with_learning_rate(self.state, LEARNING_RATE)
+    state = optimizers.with_learning_rate(self.state, LEARNING_RATE)
     state, result = engine.run(plan, {'train': self.update}, state,
                                self.rngs, sources={'train': 'train'})
     sizes = np.asarray([plan.images(i) for i in range(len(plan))])
@@ -453,8 +458,8 @@ def main(argv):
   train_images = len(splits['train']['label'])
   test_images = len(splits['test']['label'])
   root = unzip_reference(_MANUAL_DIR.value, _REFERENCE_DIR.value)
-  engine_lib.log(f'read train {train_images} and test {test_images} images '
-                 f'in {read_seconds:.1f} s; reference files in {root}')
+  cluster.log(f'read train {train_images} and test {test_images} images '
+              f'in {read_seconds:.1f} s; reference files in {root}')
 
   mufax = MufaxSide(splits, size)
   reference = ReferenceSide(root, size, _EXAMPLES.value)
@@ -466,22 +471,22 @@ def main(argv):
   start = time.perf_counter()
   warm = mufax.run_epoch()
   warm_seconds = time.perf_counter() - start
-  engine_lib.log(
+  cluster.log(
       f'mufax warm-up epoch: {warm_seconds:.1f} s, of which compiling '
       f'{sum(warm["compile_seconds"].values()):.1f} s')
   start = time.perf_counter()
   reference.warm_up(_TORCH_WARMUP_STEPS.value)
-  engine_lib.log(f'reference warm-up ({_TORCH_WARMUP_STEPS.value} steps): '
-                 f'{time.perf_counter() - start:.1f} s')
+  cluster.log(f'reference warm-up ({_TORCH_WARMUP_STEPS.value} steps): '
+              f'{time.perf_counter() - start:.1f} s')
 
   mufax_epochs, reference_epochs = [], []
   for epoch in range(_EPOCHS.value):
     mufax_epochs.append(mufax.run_epoch())
-    engine_lib.log(f'timed epoch {epoch + 1}: mufax '
-                   f'{mufax_epochs[-1]["total_seconds"]:.1f} s')
+    cluster.log(f'timed epoch {epoch + 1}: mufax '
+                f'{mufax_epochs[-1]["total_seconds"]:.1f} s')
     reference_epochs.append(reference.run_epoch())
-    engine_lib.log(f'timed epoch {epoch + 1}: reference '
-                   f'{reference_epochs[-1]["total_seconds"]:.1f} s')
+    cluster.log(f'timed epoch {epoch + 1}: reference '
+                f'{reference_epochs[-1]["total_seconds"]:.1f} s')
 
   m = summary(mufax_epochs, train_images, test_images)
   r = summary(reference_epochs, train_images, test_images)

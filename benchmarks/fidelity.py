@@ -49,7 +49,7 @@ checkpoint (`--config.original.checkpoint`, see mufax/convert.py) is used
 instead where given.
 
 Check mode: `--batches=mufax --augment=false` feeds the PyTorch loop mufax's
-own batch plan (`mufax.unlearning.loops`) and the images as stored, and UNSIR
+own batch plan (`mufax.plans`) and the images as stored, and UNSIR
 mufax's noise: the two sides then compute the same thing, and their models
 agree as far as float32 rounding lets a chain of steps agree
 (tests/fidelity_test.py checks every paper method; UNSIR's noise search,
@@ -87,17 +87,21 @@ from scipy import stats
 import torch
 import torch.nn.functional as F
 
+from mufax import cluster
+from mufax import compilation
 from mufax import engine as engine_lib
 from mufax import experiment
 from mufax import files
 from mufax import models
+from mufax import objectives
+from mufax import plans
+from mufax import sharding
 from mufax import torch_resnet
 from mufax import train
 from mufax import unlearning
 from mufax.data.errors import DataError
 from mufax.evaluators import intervals
 from mufax.unlearning import core
-from mufax.unlearning import loops
 
 # The metrics compared, as the report names them.
 METRICS = {'accuracy': 'accuracy', 'mia': 'MIA', 'nomus': 'NoMUS',
@@ -133,7 +137,7 @@ STAGE_KEYS = ('learning_rate', 'momentum', 'epochs', 'batch_norm', 'steps',
               'trainable')
 
 
-log = engine_lib.log
+log = cluster.log
 
 
 # ----------------------------------------------------------------- setup
@@ -193,7 +197,7 @@ def load_setup(config, original_dir: str) -> Setup:
     source = 'mufax original, ' + experiment.checkpoint_dir(
         config, original_dir, 'original', (config.seed,))
   return Setup(task=task, engine=engine,
-               original=engine_lib.member(row.variables, 0),
+               original=sharding.member(row.variables, 0),
                protocol=config.protocol, lam=config.lam, source=source)
 
 
@@ -379,7 +383,7 @@ class _PlannedSplit:
 
   def __iter__(self):
     # The pass is fixed when the loop asks for it, as a DataLoader's.
-    order = loops.shuffled_batches(self.name, len(self.split['label']),
+    order = plans.shuffled_batches(self.name, len(self.split['label']),
                                    self.batch_size, seed=self.seed,
                                    epoch=self.passes)
     self.passes += 1
@@ -395,14 +399,14 @@ class _PlannedSplit:
 @functools.cache
 def _preprocess(image_size: int):
   """The engine's `preprocess` at `image_size`, compiled once per size."""
-  return jax.jit(functools.partial(engine_lib.preprocess,
+  return jax.jit(functools.partial(objectives.preprocess,
                                    image_size=image_size))
 
 
 class PlannedBatches:
   """Check mode: mufax's batch plan for `seed` (each loader's k-th pass is
-  `loops.shuffled_batches(..., epoch=k)`) and its images as stored
-  (`engine.preprocess`), so that the reference loop sees what a mufax stage
+  `plans.shuffled_batches(..., epoch=k)`) and its images as stored
+  (`objectives.preprocess`), so that the reference loop sees what a mufax stage
   with `augment=False` sees."""
 
   def __init__(self, splits, image_size: int, *, seed: int,
@@ -940,7 +944,7 @@ def main(argv):
   try:
     run(_CONFIG.value)
   except (DataError, ValueError, experiment.ConfigError,
-          engine_lib.PopulationTooLarge, engine_lib.Diverged,
+          compilation.PopulationTooLarge, engine_lib.Diverged,
           train.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

@@ -36,10 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mufax import engine
 from mufax import input_pipeline
 from mufax import losses as losses_lib
 from mufax import models
+from mufax import objectives
 
 _MEMBERS = flags.DEFINE_list('members', ['1', '2', '4', '8'],
                              'Population sizes N.')
@@ -64,7 +64,7 @@ def make_step(model, tx):
   def step(params, batch_stats, opt_state, images, labels):
 
     def loss_fn(params):
-      logits, new_stats = engine.apply_model(
+      logits, new_stats = objectives.apply_model(
           model, params, batch_stats, input_pipeline.to_float(images),
           train=True)
       return (losses_lib.per_sample_loss(logits, labels, 'softmax').mean(),

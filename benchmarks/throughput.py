@@ -22,7 +22,8 @@ times each size in turn and ends with a table of the ratios at every size.
 
 With --layers, times instead each convolution shape of the model alone
 (forward, input gradient, kernel gradient): XLA's native convolution, the
-formulations `mufax.conv.cpu_plan` picks, and PyTorch's; and the max pool.
+formulations `mufax.conv.cpu_formulations` picks, and PyTorch's; and the max
+pool.
 
 PyTorch is an optional dependency, needed only here.
 """
@@ -48,10 +49,10 @@ from torch import nn
 import torch.nn.functional as F
 
 from mufax import conv
-from mufax import engine
 from mufax import input_pipeline
 from mufax import losses as losses_lib
 from mufax import models
+from mufax import objectives
 from mufax import torch_resnet
 
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Images per step.')
@@ -157,8 +158,8 @@ def mufax_steps(images: np.ndarray, labels: np.ndarray,
                                       ops_in_loop=cpu)
 
     def loss_fn(params):
-      logits, new_stats = engine.apply_model(model, params, batch_stats,
-                                             images, train=True)
+      logits, new_stats = objectives.apply_model(model, params, batch_stats,
+                                                 images, train=True)
       return (losses_lib.per_sample_loss(logits, labels, 'softmax').mean(),
               new_stats)
 
@@ -334,7 +335,7 @@ def layer_table(image_size: int, batch_size: int, repeats: int):
   rows = []
   for (name, count, x_shape, kernel_shape, stride), torch_times in zip(
       convs, torch_ms):
-    plan = conv.cpu_plan(x_shape, kernel_shape, stride)
+    plan = conv.cpu_formulations(x_shape, kernel_shape, stride)
     rows.append({
         'layer': name, 'count': count, 'input': x_shape,
         'kernel': kernel_shape, 'stride': stride, 'plan': plan._asdict(),

@@ -5,12 +5,11 @@ import functools
 import jax
 import optax
 
-from mufax import engine, unlearning
-from mufax.unlearning import core, finetune, loops
+from mufax import unlearning
 
 
 @dataclasses.dataclass(frozen=True)
-class UniformForgetHparams(finetune.FineTuneHparams):  # lr, epochs, batch
+class UniformForgetHparams(unlearning.FineTuneHparams):  # lr, epochs, batch
   weight: float = unlearning.hparam(1.0, source='this example', minimum=0)
 
 
@@ -26,14 +25,15 @@ def retain_and_uniform_forget(forward, inputs, prepared, *, weight):
 
 
 @unlearning.register('uniform_forget')
-class UniformForget(core.SGDMethod):
+class UniformForget(unlearning.SGDMethod):
   Hparams = UniformForgetHparams
 
   def stages(self, ctx):
     hp = self.hparams(ctx)
-    plan = loops.zipped(ctx.size('retain'), ctx.size('forget'), hp.batch_size,
-                        epochs=hp.epochs, seed=ctx.seed)
+    plan = unlearning.zipped(ctx.size('retain'), ctx.size('forget'),
+                             hp.batch_size, epochs=hp.epochs, seed=ctx.seed)
     loss = functools.partial(retain_and_uniform_forget, weight=hp.weight)
-    return [core.Stage('uniform_forget', core.step_plan('step', plan),
-                       {'step': engine.Objective(loss)}, hp.lr,
-                       bn_train=True, epochs=hp.epochs)]
+    return [unlearning.Stage('uniform_forget',
+                             unlearning.step_plan('step', plan),
+                             {'step': unlearning.Objective(loss)}, hp.lr,
+                             bn_train=True, epochs=hp.epochs)]

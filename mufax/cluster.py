@@ -46,3 +46,9 @@ def initialize(coordinator_address: str | None = None,
                              num_processes=num_processes,
                              process_id=process_id)
   return reason
+
+
+def log(message: str) -> None:
+  """A progress line, printed once however many processes run."""
+  if jax.process_index() == 0:
+    print(message, flush=True)

@@ -10,7 +10,7 @@ and even where it is not pathological a 3x3 convolution reaches half of what
 the CPU's matrix multiplication does (BENCHMARKS.md has the figures). So on
 CPU the forward pass, the input gradient and the kernel gradient of each
 convolution are each computed by a formulation picked for its static shape
-(`plan`):
+(`Formulations`):
 
 - native: `lax.conv_general_dilated` and its transposes.
 - patches: the k*k shifted (strided) views of the padded input, concatenated
@@ -29,8 +29,8 @@ population of models), each product runs member by member rather than as
 XLA's grouped convolution (see "populations" below). On GPU and TPU, where
 XLA's convolutions are fast, none of this runs: the model is built with
 `Conv` (native) and `max_pool` there, and with `CpuConv` (formulations by
-`cpu_plan`) and `cpu_max_pool` on CPU (`models.for_platform`), so that
-traced code never asks which backend it runs on.
+`cpu_formulations`) and `cpu_max_pool` on CPU (`models.for_platform`), so
+that traced code never asks which backend it runs on.
 
 `cpu_max_pool` is torch's max pool with a gradient that XLA's CPU runs fast.
 """
@@ -51,14 +51,14 @@ DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
 NATIVE, PATCHES, WINOGRAD, DENSE = 'native', 'patches', 'winograd', 'dense'
 
 
-class Plan(NamedTuple):
+class Formulations(NamedTuple):
   """The formulation of each of a convolution's three products."""
   forward: str
   input_grad: str
   kernel_grad: str
 
 
-ALL_NATIVE = Plan(NATIVE, NATIVE, NATIVE)
+ALL_NATIVE = Formulations(NATIVE, NATIVE, NATIVE)
 
 
 def output_size(size: int, kernel_size: int, stride: int) -> int:
@@ -358,7 +358,7 @@ def _winograd_kernel_grad(x, g, stride, kernel_shape):
                 0).astype(g.dtype)
 
 
-# ---------------------------------------------------------- planned conv
+# ---------------------------------------------------------- formulated conv
 
 
 def _transposed_input(forward):
@@ -508,7 +508,7 @@ NATIVE_SMALL_MAP_MACS = 20_000_000
 NATIVE_KERNEL_GRAD_MACS = 5_000_000
 
 
-def cpu_plan(x_shape, kernel_shape, stride: int) -> Plan:
+def cpu_formulations(x_shape, kernel_shape, stride: int) -> Formulations:
   """The fastest formulations on XLA's CPU for this shape (measured; see
   BENCHMARKS.md)."""
   _, h, w, _ = x_shape
@@ -518,63 +518,65 @@ def cpu_plan(x_shape, kernel_shape, stride: int) -> Plan:
   if k > 1 and macs < NATIVE_BELOW_MACS:
     return ALL_NATIVE
   if k > 1 and oh * ow <= 4:
-    return Plan(DENSE, DENSE, DENSE)
+    return Formulations(DENSE, DENSE, DENSE)
   if (k, stride) == (3, 1):
     if oh * ow <= SMALL_MAP_PIXELS and macs < NATIVE_SMALL_MAP_MACS:
-      return Plan(NATIVE, NATIVE, NATIVE if macs < NATIVE_KERNEL_GRAD_MACS
-                  else WINOGRAD)
-    return Plan(WINOGRAD, WINOGRAD, WINOGRAD)
+      return Formulations(NATIVE, NATIVE,
+                          NATIVE if macs < NATIVE_KERNEL_GRAD_MACS
+                          else WINOGRAD)
+    return Formulations(WINOGRAD, WINOGRAD, WINOGRAD)
   if k == 7:
     # The stem's 3-channel taps make a patch matrix XLA builds slowly; its
     # native forward is as fast, and so is its kernel gradient up to 32x32
     # images, but from 64x64 on that takes 10x the patches'.
-    return Plan(NATIVE, PATCHES, NATIVE if h * w <= 32 * 32 else PATCHES)
-  return Plan(PATCHES, PATCHES, PATCHES)
+    return Formulations(NATIVE, PATCHES,
+                        NATIVE if h * w <= 32 * 32 else PATCHES)
+  return Formulations(PATCHES, PATCHES, PATCHES)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _planned_conv(x, kernel, stride: int, plan_: Plan):
-  return FORWARD[plan_.forward](x, kernel, stride)
+def _formulated_conv(x, kernel, stride: int, formulations: Formulations):
+  return FORWARD[formulations.forward](x, kernel, stride)
 
 
-def _planned_conv_fwd(x, kernel, stride, plan_):
-  return _planned_conv(x, kernel, stride, plan_), (x, kernel)
+def _formulated_conv_fwd(x, kernel, stride, formulations):
+  return _formulated_conv(x, kernel, stride, formulations), (x, kernel)
 
 
-def _planned_conv_bwd(stride, plan_, residuals, g):
+def _formulated_conv_bwd(stride, formulations, residuals, g):
   x, kernel = residuals
-  return (INPUT_GRAD[plan_.input_grad](g, kernel, stride, x.shape),
-          KERNEL_GRAD[plan_.kernel_grad](x, g, stride, kernel.shape))
+  return (INPUT_GRAD[formulations.input_grad](g, kernel, stride, x.shape),
+          KERNEL_GRAD[formulations.kernel_grad](x, g, stride, kernel.shape))
 
 
-_planned_conv.defvjp(_planned_conv_fwd, _planned_conv_bwd)
+_formulated_conv.defvjp(_formulated_conv_fwd, _formulated_conv_bwd)
 
 
 # Compiled as a whole even when called outside jit: op by op, every small
 # primitive of a formulation would be compiled on its own, taking seconds.
-_jitted_planned_conv = jax.jit(_planned_conv, static_argnums=(2, 3))
+_jitted_formulated_conv = jax.jit(_formulated_conv, static_argnums=(2, 3))
 
 
-def conv2d(x, kernel, stride: int, plan_: Plan = ALL_NATIVE):
+def conv2d(x, kernel, stride: int, formulations: Formulations = ALL_NATIVE):
   """Convolution of NHWC `x` with an HWIO `kernel`, torch padding, each
-  product by the formulation `plan_` names."""
-  if plan_ == ALL_NATIVE:
+  product by the formulation `formulations` names."""
+  if formulations == ALL_NATIVE:
     return _native(x, kernel, stride)
-  return _jitted_planned_conv(x, kernel, stride, plan_)
+  return _jitted_formulated_conv(x, kernel, stride, formulations)
 
 
 class Conv(nn.Module):
   """Bias-free square convolution; parameter `kernel` [k, k, in, out].
 
-  `formulations(x_shape, kernel_shape, stride)` gives the plan of its three
-  products; None: XLA's native convolution.
+  `formulations(x_shape, kernel_shape, stride)` gives the `Formulations` of
+  its three products; None: XLA's native convolution.
   """
   features: int
   kernel_size: int
   strides: int = 1
   dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.lecun_normal()
-  formulations: Callable[..., Plan] | None = None
+  formulations: Callable[..., Formulations] | None = None
 
   @nn.compact
   def __call__(self, x):
@@ -583,15 +585,15 @@ class Conv(nn.Module):
                          self.features))
     # Initialisation needs only shapes; the native convolution gets them
     # without compiling a formulation.
-    plan_ = (ALL_NATIVE if self.formulations is None or self.is_initializing()
-             else self.formulations(x.shape, kernel.shape, self.strides))
+    chosen = (ALL_NATIVE if self.formulations is None or self.is_initializing()
+              else self.formulations(x.shape, kernel.shape, self.strides))
     return conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
-                  self.strides, plan_)
+                  self.strides, chosen)
 
 
-# XLA's CPU backend: each product by the formulation `cpu_plan` measured
-# fastest for its shape.
-CpuConv = functools.partial(Conv, formulations=cpu_plan)
+# XLA's CPU backend: each product by the formulation `cpu_formulations`
+# measured fastest for its shape.
+CpuConv = functools.partial(Conv, formulations=cpu_formulations)
 
 
 # ------------------------------------------------------------- max pooling

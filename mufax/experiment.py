@@ -13,6 +13,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -21,20 +22,25 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from mufax import cluster
+from mufax import compilation
 from mufax import convert
 from mufax import engine as engine_lib
 from mufax import evaluation
+from mufax import executors
 from mufax import files
 from mufax import input_pipeline
 from mufax import losses as losses_lib
 from mufax import metrics
 from mufax import models
+from mufax import optimizers
 from mufax import plots
+from mufax import plugins
 from mufax import published
 from mufax import recipes
+from mufax import sharding
 from mufax import tasks
 from mufax import train
-from mufax import plugins
 from mufax import unlearning
 from mufax.data import prepare
 from mufax.data import splits as splits_lib
@@ -94,7 +100,7 @@ def load_task(config: ml_collections.ConfigDict) -> Task:
   start = time.perf_counter()
   data = {split: input_pipeline.read_split(builder.as_data_source(split))
           for split in splits_lib.SPLITS}
-  engine_lib.log(f'read {config.data.dataset}: ' + ', '.join(
+  cluster.log(f'read {config.data.dataset}: ' + ', '.join(
       f'{s} {len(d["label"])}' for s, d in data.items())
       + f' images in {time.perf_counter() - start:.1f} s')
   return Task(dataset=config.data.dataset, name=task.name, family=task.family,
@@ -169,10 +175,10 @@ def train_from_scratch(kind: str, config, *, engine: engine_lib.Engine,
   r = recipe(config, kind)
   seeds = seeds_of(config, kind)
   split = TRAIN_SPLIT[kind]
-  engine_lib.log(f'{kind}: training on {split} '
-                 f'({len(engine.splits[split]["label"])} images)'
-                 + (f', {len(seeds)} models' if len(seeds) > 1 else '')
-                 + f', {r}')
+  cluster.log(f'{kind}: training on {split} '
+              f'({len(engine.splits[split]["label"])} images)'
+              + (f', {len(seeds)} models' if len(seeds) > 1 else '')
+              + f', {r}')
   try:
     state, history = train.fit(
         r, engine=engine, split=split, seeds=seeds, eval_split='test',
@@ -182,7 +188,7 @@ def train_from_scratch(kind: str, config, *, engine: engine_lib.Engine,
     raise engine_lib.Diverged(f'{kind}: {e}: lower '
                               f'config.{kind}.learning_rate.') from e
   return unlearning.Row(
-      kind, state.variables, update_steps=int(engine_lib.to_host(state.step)[0]),
+      kind, state.variables, update_steps=int(sharding.to_host(state.step)[0]),
       seconds=sum(h['seconds'] for h in history),
       compile_seconds=sum(h.get('compile_seconds', 0.0) for h in history),
       flops=sum(h.get('flops', 0.0) for h in history),
@@ -223,7 +229,7 @@ def converted_original(config, engine: engine_lib.Engine,
         f'{model.num_filters}, and config.model ({config.model.name}, '
         f'num_filters {config.model.num_filters or "its own"}) builds '
         'another: set config.model to match it.')
-  engine_lib.log(f'original: read from {folder}')
+  cluster.log(f'original: read from {folder}')
   return unlearning.Row(
       'original', engine.put_members(
           jax.tree.map(lambda x: np.asarray(x)[None], variables), 1),
@@ -342,9 +348,9 @@ def check_config(config) -> list[str]:
         f'config.original.checkpoint={config.original.checkpoint} is one '
         'model: with config.population.size > 1 set '
         'config.population.shared_original=true.')
-  if config.engine.executor not in engine_lib.EXECUTORS:
+  if config.engine.executor not in executors.EXECUTORS:
     raise ConfigError(f'config.engine.executor={config.engine.executor!r}: '
-                      f'choose one of {", ".join(engine_lib.EXECUTORS)}.')
+                      f'choose one of {", ".join(executors.EXECUTORS)}.')
   if not config.population.members_per_call >= 0:
     raise ConfigError('config.population.members_per_call='
                       f'{config.population.members_per_call} must be at least '
@@ -371,15 +377,23 @@ def enable_compilation_cache(config, workdir: str) -> None:
 
 
 def make_engine(config, task: Task) -> engine_lib.Engine:
+  """The run's engine; refuses images larger than those stored."""
   limit = config.population.device_memory_gb
-  return engine_lib.Engine(
+  engine = engine_lib.Engine(
       make_model(config, task.num_outputs), loss=task.loss,
       splits=task.splits, image_size=config.data.image_size or None,
       log_every_s=config.log_every_s,
       members_per_call=config.population.members_per_call or None,
       executor=config.engine.executor,
       memory_limit=int(limit * 2**30) if limit else
-      engine_lib.device_memory())
+      compilation.device_memory())
+  if engine.input_size > engine.stored_size:
+    raise ConfigError(
+        f'config.data.image_size={config.data.image_size} is larger than the '
+        f'stored {engine.stored_size}x{engine.stored_size} images of '
+        f'{config.data.dataset}: enlarging adds no detail; use '
+        f'{engine.stored_size} or less.')
+  return engine
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -396,49 +410,59 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     return _run(config, workdir, names)
 
 
+def runnable_methods(ctx: unlearning.Context, config,
+                     names: list[str]) -> list[str]:
+  """`names` less the methods that refuse the task, checked before anything
+  trains: a method that refuses is an error if named, skipped if it came
+  with `extended`; rows that two stages (or two methods) would both write
+  are an error, since results.json keeps one record per row."""
+  named = {m.strip() for m in config.methods.split(',')}
+  kept, writer = [], {}
+  for name in names:
+    try:
+      rows = (unlearning.METHODS[name].row_names(
+          method_context(ctx, config, name))
+              if name in unlearning.METHODS else [name])
+    except unlearning.Unsupported as e:
+      if name in named:
+        raise ConfigError(f'config.methods: {name}: {e}') from e
+      cluster.log(f'{name}: skipped, {e}')
+      continue
+    for row in rows:
+      if row in writer:
+        raise ConfigError(
+            f'config.methods: {name}: row {row!r} is also written by '
+            + ('another of its stages' if writer[row] == name else
+               f'method {writer[row]}')
+            + '; give each stage that reports a row a name of its own.')
+      writer[row] = name
+    kept.append(name)
+  return kept
+
+
 def _run(config: ml_collections.ConfigDict, workdir: str,
          names: list[str]) -> list[dict]:
   enable_compilation_cache(config, workdir)
   task = load_task(config)
   engine = make_engine(config, task)
-  if engine.input_size > engine.stored_size:
-    raise ConfigError(
-        f'config.data.image_size={config.data.image_size} is larger than the '
-        f'stored {engine.stored_size}x{engine.stored_size} images of '
-        f'{config.data.dataset}: enlarging adds no detail; use '
-        f'{engine.stored_size} or less.')
   seeds = seeds_of(config)
-  engine_lib.log(f'{jax.device_count()} {engine.platform} device(s), '
-                 f'{engine.executor} executor; methods: {", ".join(names)}')
-  engine_lib.log(engine.memory_plan(
-      len(seeds), engine.abstract_state(engine_lib.SGD, len(seeds))))
+  cluster.log(f'{jax.device_count()} {engine.platform} device(s), '
+              f'{engine.executor} executor; methods: {", ".join(names)}')
+  cluster.log(engine.memory_summary(
+      len(seeds), engine.abstract_state(optimizers.SGD, len(seeds))))
   if too_few_models(config):
-    engine_lib.log(too_few_models(config))
-
-  def from_scratch(kind):
-    return train_from_scratch(kind, config, engine=engine, workdir=workdir)
-
+    cluster.log(too_few_models(config))
+  from_scratch = functools.partial(train_from_scratch, config=config,
+                                   engine=engine, workdir=workdir)
   ctx = unlearning.Context(
       loss=task.loss, task=task.family, protocol=config.protocol,
       data=task.splits, engine=engine, seeds=seeds,
       num_outputs=task.num_outputs, train_from_scratch=from_scratch)
-  named = {m.strip() for m in config.methods.split(',')}
-  for name in list(names):
-    # A method that refuses the task does so before anything is trained:
-    # an error if named, skipped if it came with `extended`.
-    try:
-      if name in unlearning.METHODS:
-        unlearning.METHODS[name].row_names(method_context(ctx, config, name))
-    except unlearning.Unsupported as e:
-      if name in named:
-        raise ConfigError(f'config.methods: {name}: {e}') from e
-      engine_lib.log(f'{name}: skipped, {e}')
-      names.remove(name)
+  names = runnable_methods(ctx, config, names)
   done = previous_records(workdir, config)
   # Only process 0 writes results; checkpoints are every process's.
   primary = jax.process_index() == 0
   records, original = [], []
-
   if config.original.checkpoint:
     # Read (and refused if it does not fit) before anything trains.
     original.append(converted_original(config, engine, task))
@@ -455,52 +479,71 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
     method_ctx = method_context(ctx, config, name)
     rows = method.row_names(method_ctx) if method else [name]
     if all(r in done for r in rows):
-      engine_lib.log(f'{name}: reusing the results of an earlier run in '
-                     f'{workdir}')
+      cluster.log(f'{name}: reusing the results of an earlier run in '
+                  f'{workdir}')
       records += [done[r] for r in rows]
       continue
     # Rows of a method killed part way are kept; it resumes after them.
     records += [done[r] for r in rows if r in done]
-    if name == 'original':
-      produced = iter([original_model()])
-    else:
-      method_ctx = dataclasses.replace(method_ctx, progress_dir=checkpoint_dir(
-          config, workdir, f'{name}-{settings_digest(config)}', seeds))
-      produced = method.run(
-          method_ctx,
-          original_model().variables if method.needs_original else None)
-    for row in produced:
+    for row in produced_rows(name, method_ctx, original_model, config,
+                             workdir):
       if row.name in done:
         continue
-      row_seeds = seeds_of(config, row.name)
-      record = {'method': row.name, 'dataset': task.dataset,
-                'task': task.name, 'protocol': config.protocol,
-                'seed': row_seeds[0], 'population': len(row_seeds)}
-      cost = {'wall_seconds': row.seconds,
-              'compile_seconds': row.compile_seconds, 'flops': row.flops,
-              'update_steps': row.update_steps, 'config': row.settings,
-              'published': published.published(task.dataset, row.name)}
-      if row.diverged:
-        # A result like any other: kept, shown, never recomputed.
-        records.append(record | {'diverged': row.diverged} | cost)
-        if primary:
-          write_results(workdir, records, config)
-        continue
-      measured, losses = evaluate_model(row.variables, engine=engine,
-                                        task=task, lam=config.lam,
-                                        seeds=row_seeds)
-      record |= measured | cost
-      engine_lib.log(f'{row.name}: accuracy {record["accuracy"]:.4f}, MIA '
-                     f'{record["mia"]:.4f}, NoMUS {record["nomus"]:.4f}'
-                     + (f' (means of {len(row_seeds)} models)'
-                        if len(row_seeds) > 1 else ''))
+      record, losses = row_record(row, config, task, engine)
       records.append(record)
       if primary:
-        save_losses(workdir, row.name, losses)
+        if losses is not None:
+          save_losses(workdir, row.name, losses)
         write_results(workdir, records, config)
   if not primary:
     # The extended evaluation reads the losses process 0 wrote.
     return records
+  return extend_records(workdir, records, config, task)
+
+
+def produced_rows(name: str, ctx: unlearning.Context,
+                  original_model: Callable[[], unlearning.Row], config,
+                  workdir: str) -> Iterator[unlearning.Row]:
+  """The rows of method `name`: the original model, or what the method
+  makes of it, its progress saved under `workdir` so that it resumes."""
+  if name == 'original':
+    return iter([original_model()])
+  method = unlearning.METHODS[name]
+  ctx = dataclasses.replace(ctx, progress_dir=checkpoint_dir(
+      config, workdir, f'{name}-{settings_digest(config)}', ctx.seeds))
+  return method.run(
+      ctx, original_model().variables if method.needs_original else None)
+
+
+def row_record(row: unlearning.Row, config, task: Task,
+               engine: engine_lib.Engine) -> tuple[dict, dict | None]:
+  """A row's record for results.json and its per-sample losses (None for a
+  diverged row: a result like any other, kept, shown, never recomputed)."""
+  row_seeds = seeds_of(config, row.name)
+  record = {'method': row.name, 'dataset': task.dataset,
+            'task': task.name, 'protocol': config.protocol,
+            'seed': row_seeds[0], 'population': len(row_seeds)}
+  cost = {'wall_seconds': row.seconds,
+          'compile_seconds': row.compile_seconds, 'flops': row.flops,
+          'update_steps': row.update_steps, 'config': row.settings,
+          'published': published.published(task.dataset, row.name)}
+  if row.diverged:
+    return record | {'diverged': row.diverged} | cost, None
+  measured, losses = evaluate_model(row.variables, engine=engine,
+                                    task=task, lam=config.lam,
+                                    seeds=row_seeds)
+  record |= measured | cost
+  cluster.log(f'{row.name}: accuracy {record["accuracy"]:.4f}, MIA '
+              f'{record["mia"]:.4f}, NoMUS {record["nomus"]:.4f}'
+              + (f' (means of {len(row_seeds)} models)'
+                 if len(row_seeds) > 1 else ''))
+  return record, losses
+
+
+def extend_records(workdir: str, records: list[dict], config,
+                   task: Task) -> list[dict]:
+  """`records` with the extended evaluation of the rows that did not
+  diverge; writes results and plots."""
   evaluated = [r for r in records if 'diverged' not in r]
   extended = evaluation.evaluate(workdir, evaluated,
                                  task.splits['forget']['identity'])
@@ -560,7 +603,7 @@ def previous_records(workdir: str, config) -> dict[str, dict]:
   except FileNotFoundError:
     pass
   except (OSError, json.JSONDecodeError):
-    engine_lib.log(f'{path} is unreadable; its rows are computed again')
+    cluster.log(f'{path} is unreadable; its rows are computed again')
   # A row saved with other seeds than seeds_of gives it (by a version that
   # seeded it otherwise) is made again.
   done = {r['method']: r for r in saved.get('records', [])
@@ -580,8 +623,8 @@ def previous_records(workdir: str, config) -> dict[str, dict]:
       for name in RESULT_FILES:
         if os.path.exists(os.path.join(workdir, name)):
           os.rename(os.path.join(workdir, name), os.path.join(aside, name))
-      engine_lib.log(f'{workdir} held results of other settings; moved to '
-                     f'{aside}')
+      cluster.log(f'{workdir} held results of other settings; moved to '
+                  f'{aside}')
     return {}
   return done
 

@@ -18,8 +18,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mufax import cluster
 from mufax import engine as engine_lib
 from mufax import losses
+from mufax import objectives
+from mufax import optimizers
+from mufax import plans
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,97 +186,35 @@ def fit(recipe: Recipe, *, engine: engine_lib.Engine, split: str,
     raise ValueError(f'The training split {split!r} is empty.')
   population = len(seeds)
   pools = member_pools(n, masks, population)
-  # torch's momentum buffer is optax's trace: buf = m * buf + g,
-  # p -= lr * buf; the learning rate is set per epoch, as MultiStepLR does.
-  tx = engine_lib.sgd(recipe.learning_rate, recipe.momentum)
-  fingerprint = {'recipe': dataclasses.asdict(recipe), 'loss': engine.loss,
-                 'seeds': list(seeds), 'examples': n,
-                 'image_size': engine.input_size,
-                 'model': architecture(repr(engine.model))}
-  if masks is not None:
-    fingerprint['masks'] = hashlib.sha256(
-        np.packbits(np.asarray(masks, bool)).tobytes()).hexdigest()
-  update = engine_lib.Update(engine_lib.TASK_OBJECTIVE, engine_lib.SGD)
-
+  fingerprint = _fingerprint(recipe, engine, seeds, n, masks)
+  update = objectives.Update(objectives.TASK_OBJECTIVE, optimizers.SGD)
   manager = _checkpoint_manager(checkpoint_dir)
-  history: list[dict] = []
-  latest = manager.latest_step()
-  if latest is None:
-    state = engine.init(tx, seeds)
-  else:
-    # The fingerprint first: a checkpoint of other shapes would not restore.
-    meta = _restore(manager, checkpoint_dir, latest,
-                    meta=ocp.args.JsonRestore())
-    saved = dict(meta['fingerprint'])
-    saved['model'] = architecture(saved.get('model', ''))
-    if saved != json.loads(json.dumps(fingerprint)):
-      raise CheckpointError(
-          f'{checkpoint_dir} holds a checkpoint of a different run '
-          f'({meta["fingerprint"]}); use another directory or delete it to '
-          'start over.')
-    state = _restore(manager, checkpoint_dir, latest,
-                     state=ocp.args.StandardRestore(
-                         engine.abstract_state(tx, population)))
-    history = meta['history']
-    engine_lib.log(f'resuming from the checkpoint of epoch {latest} in '
-                   f'{checkpoint_dir}')
-
+  state, history = _start(manager, checkpoint_dir, fingerprint, engine,
+                          recipe, seeds)
   rngs = augmentation_keys(seeds)
   # A save runs beside the next epoch and slows it: by a sixth for the
   # quick start's sub-second epochs on a 2-core CPU.
   last_save = time.perf_counter()
   try:
     for epoch in range(len(history), recipe.epochs):
-      plan = engine_lib.Plan.stack(engine_lib.epoch_plan(
+      plan = plans.Plan.stack(plans.epoch_plan(
           pools, batch_size=recipe.batch_size, seeds=seeds, epoch=epoch))
-      state = engine_lib.with_learning_rate(state,
+      state = optimizers.with_learning_rate(state,
                                             learning_rate(recipe, epoch))
       state, result = engine.run(plan, {'train': update}, state, rngs,
                                  sources={'train': split},
                                  label=f'epoch {epoch + 1}/{recipe.epochs}')
-      diverged = engine_lib.divergence(result.measured['loss'], seeds)
-      if diverged:
-        last = diverged['last_finite_loss']
-        raise engine_lib.Diverged(
-            f'training on {split} diverged: the loss of seed(s) '
-            f'{diverged["seeds"]} stopped being finite at step '
-            f'{diverged["step"]} of epoch {epoch + 1} (last finite loss '
-            + (f'{last:.4f}' if last is not None else 'none')
-            + f'); learning rate {recipe.learning_rate}')
-      sizes = np.asarray([plan.images(i) for i in range(len(plan))])
-      record = {'epoch': epoch + 1}
-      for name in ('loss', 'accuracy'):
-        record[f'train_{name}'] = float(
-            (result.measured[name] * sizes[:, None]).sum()
-            / sizes.sum() / population)
-      if eval_split is not None:
-        evaluated = engine.evaluate(state.variables, eval_split)
-        labels = engine.splits[eval_split]['label']
-        record[f'{eval_split}_accuracy'] = float(np.mean(
-            [losses.accuracies(z, labels, engine.loss)['accuracy']
-             for z in evaluated['logits']]))
-      record.update(img_per_s=population * sizes.sum() / result.seconds,
-                    seconds=result.seconds,
-                    compile_seconds=result.compile_seconds,
-                    flops=result.flops)
-      history.append(record)
-      engine_lib.log(
-          f'epoch {epoch + 1}/{recipe.epochs}: ' + ', '.join(
-              f'{k.replace("_", " ")} {record[k]:.4f}' for k in record
-              if k.endswith(('loss', 'accuracy')))
-          + f', {record["img_per_s"]:.1f} img/s, {record["seconds"]:.1f} s'
-          + (f' (+{result.compile_seconds:.1f} s compiling)'
-             if result.compile_seconds >= 0.1 else ''))
+      _refuse_divergence(result, seeds, split, epoch, recipe)
+      history.append(_epoch_record(epoch, plan, result, population, engine,
+                                   state, eval_split))
+      _log_epoch(history[-1], recipe)
       if (epoch + 1 == recipe.epochs
           or time.perf_counter() - last_save >= checkpoint_every_s):
         last_save = time.perf_counter()
-        _save(manager, checkpoint_dir, epoch + 1,
-              wait=on_epoch_end is not None,
-              state=ocp.args.StandardSave(state),
-              meta=ocp.args.JsonSave({'fingerprint': fingerprint,
-                                      'history': history}))
+        _save_epoch(manager, checkpoint_dir, state, fingerprint, history,
+                    wait=on_epoch_end is not None)
       if on_epoch_end is not None:
-        on_epoch_end(epoch, record)
+        on_epoch_end(epoch, history[-1])
     _save(manager, checkpoint_dir, recipe.epochs)
   except BaseException:
     # What stopped the run is the error to show, not a save left behind.
@@ -281,3 +223,105 @@ def fit(recipe: Recipe, *, engine: engine_lib.Engine, split: str,
     raise
   manager.close()
   return state, history
+
+
+def _save_epoch(manager, checkpoint_dir: str, state, fingerprint: dict,
+                history: list[dict], *, wait: bool) -> None:
+  """Saves `state` as the checkpoint of epoch `len(history)`, with what
+  resuming it needs."""
+  _save(manager, checkpoint_dir, len(history), wait=wait,
+        state=ocp.args.StandardSave(state),
+        meta=ocp.args.JsonSave({'fingerprint': fingerprint,
+                                'history': history}))
+
+
+def _fingerprint(recipe: Recipe, engine: engine_lib.Engine,
+                 seeds: Sequence[int], n: int,
+                 masks: np.ndarray | None) -> dict:
+  """What a checkpoint of `fit` must have been made with to be resumed."""
+  fingerprint = {'recipe': dataclasses.asdict(recipe), 'loss': engine.loss,
+                 'seeds': list(seeds), 'examples': n,
+                 'image_size': engine.input_size,
+                 'model': architecture(repr(engine.model))}
+  if masks is not None:
+    fingerprint['masks'] = hashlib.sha256(
+        np.packbits(np.asarray(masks, bool)).tobytes()).hexdigest()
+  return fingerprint
+
+
+def _start(manager, checkpoint_dir: str, fingerprint: dict,
+           engine: engine_lib.Engine, recipe: Recipe, seeds: Sequence[int]
+           ) -> tuple[engine_lib.TrainState, list[dict]]:
+  """(state, history of the epochs done): fresh models, or the latest
+  checkpoint's if it was made with `fingerprint`."""
+  # torch's momentum buffer is optax's trace: buf = m * buf + g,
+  # p -= lr * buf; the learning rate is set per epoch, as MultiStepLR does.
+  tx = optimizers.sgd(recipe.learning_rate, recipe.momentum)
+  latest = manager.latest_step()
+  if latest is None:
+    return engine.init(tx, seeds), []
+  # The fingerprint first: a checkpoint of other shapes would not restore.
+  meta = _restore(manager, checkpoint_dir, latest,
+                  meta=ocp.args.JsonRestore())
+  saved = dict(meta['fingerprint'])
+  saved['model'] = architecture(saved.get('model', ''))
+  if saved != json.loads(json.dumps(fingerprint)):
+    raise CheckpointError(
+        f'{checkpoint_dir} holds a checkpoint of a different run '
+        f'({meta["fingerprint"]}); use another directory or delete it to '
+        'start over.')
+  state = _restore(manager, checkpoint_dir, latest,
+                   state=ocp.args.StandardRestore(
+                       engine.abstract_state(tx, len(seeds))))
+  cluster.log(f'resuming from the checkpoint of epoch {latest} in '
+              f'{checkpoint_dir}')
+  return state, meta['history']
+
+
+def _refuse_divergence(result: engine_lib.RunResult, seeds: Sequence[int],
+                       split: str, epoch: int, recipe: Recipe) -> None:
+  """Raises `engine.Diverged` if an epoch's loss stopped being finite."""
+  diverged = engine_lib.divergence(result.measured['loss'], seeds)
+  if diverged:
+    last = diverged['last_finite_loss']
+    raise engine_lib.Diverged(
+        f'training on {split} diverged: the loss of seed(s) '
+        f'{diverged["seeds"]} stopped being finite at step '
+        f'{diverged["step"]} of epoch {epoch + 1} (last finite loss '
+        + (f'{last:.4f}' if last is not None else 'none')
+        + f'); learning rate {recipe.learning_rate}')
+
+
+def _log_epoch(record: dict, recipe: Recipe) -> None:
+  cluster.log(
+      f'epoch {record["epoch"]}/{recipe.epochs}: ' + ', '.join(
+          f'{k.replace("_", " ")} {record[k]:.4f}' for k in record
+          if k.endswith(('loss', 'accuracy')))
+      + f', {record["img_per_s"]:.1f} img/s, {record["seconds"]:.1f} s'
+      + (f' (+{record["compile_seconds"]:.1f} s compiling)'
+         if record['compile_seconds'] >= 0.1 else ''))
+
+
+def _epoch_record(epoch: int, plan: plans.Plan,
+                  result: engine_lib.RunResult, population: int,
+                  engine: engine_lib.Engine, state: engine_lib.TrainState,
+                  eval_split: str | None) -> dict:
+  """An epoch's log record: the members' mean train loss and accuracy
+  (weighted by batch size), `eval_split` accuracy and the epoch's costs."""
+  sizes = np.asarray([plan.images(i) for i in range(len(plan))])
+  record = {'epoch': epoch + 1}
+  for name in ('loss', 'accuracy'):
+    record[f'train_{name}'] = float(
+        (result.measured[name] * sizes[:, None]).sum()
+        / sizes.sum() / population)
+  if eval_split is not None:
+    evaluated = engine.evaluate(state.variables, eval_split)
+    labels = engine.splits[eval_split]['label']
+    record[f'{eval_split}_accuracy'] = float(np.mean(
+        [losses.accuracies(z, labels, engine.loss)['accuracy']
+         for z in evaluated['logits']]))
+  record.update(img_per_s=population * sizes.sum() / result.seconds,
+                seconds=result.seconds,
+                compile_seconds=result.compile_seconds,
+                flops=result.flops)
+  return record

@@ -14,8 +14,8 @@ from absl.testing import absltest
 
 from configs import quickstart
 from mufax import cluster
-from mufax import engine
 from mufax import experiment
+from mufax import optimizers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,7 +73,7 @@ class TwoProcessTest(absltest.TestCase):
     with ocp.CheckpointManager(folder) as manager:
       return manager.restore(1, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(eng.abstract_state(
-              engine.sgd(0.1, 0.9), len(seeds)))))['state'].params
+              optimizers.sgd(0.1, 0.9), len(seeds)))))['state'].params
 
   def environment(self, devices):
     env = dict(os.environ)

@@ -69,7 +69,7 @@ class FormulationTest(parameterized.TestCase):
   def test_matches_native(self, formulation, size, kernel_size, stride, cin,
                           cout):
     x, kernel, g = _inputs(size, kernel_size, stride, cin, cout)
-    plan = conv.Plan(formulation, formulation, formulation)
+    plan = conv.Formulations(formulation, formulation, formulation)
     _assert_close(self, _output_and_grads(x, kernel, g, stride, plan),
                   _output_and_grads(x, kernel, g, stride, conv.ALL_NATIVE),
                   tol=1e-5)
@@ -77,7 +77,7 @@ class FormulationTest(parameterized.TestCase):
   @parameterized.parameters(*FORMULATIONS)
   def test_mixed_plan(self, formulation):
     x, kernel, g = _inputs(6, 3, 1, 4, 3)
-    plan = conv.Plan(conv.NATIVE, formulation, conv.NATIVE)
+    plan = conv.Formulations(conv.NATIVE, formulation, conv.NATIVE)
     _assert_close(self, _output_and_grads(x, kernel, g, 1, plan),
                   _output_and_grads(x, kernel, g, 1, conv.ALL_NATIVE),
                   tol=1e-5)
@@ -92,7 +92,7 @@ class FormulationTest(parameterized.TestCase):
     """
     batch, budget = batch_and_budget
     x, kernel, g = _inputs(5, 3, 1, 4, 3, batch=batch)
-    plan = conv.Plan(formulation, formulation, formulation)
+    plan = conv.Formulations(formulation, formulation, formulation)
     with mock.patch.object(conv, '_CHUNK_BYTES', budget):
       chunked = _output_and_grads(x, kernel, g, 1, plan)
     _assert_close(self, chunked,
@@ -104,7 +104,7 @@ class FormulationTest(parameterized.TestCase):
   def test_bfloat16(self, formulation, size, kernel_size, stride, cin, cout):
     x, kernel, g = _inputs(size, kernel_size, stride, cin, cout,
                            dtype=jnp.bfloat16)
-    plan = conv.Plan(formulation, formulation, formulation)
+    plan = conv.Formulations(formulation, formulation, formulation)
     actual = _output_and_grads(x, kernel, g, stride, plan)
     self.assertEqual({a.dtype for a in actual}, {jnp.dtype(jnp.bfloat16)})
     upcast = [a.astype(jnp.float32) for a in (x, kernel, g)]
@@ -127,7 +127,7 @@ class FormulationTest(parameterized.TestCase):
       return jnp.sum(jnp.square(jax.grad(loss)(kernel)))
 
     np.testing.assert_allclose(
-        jax.grad(grad_norm)(kernel, conv.Plan(*formulations)),
+        jax.grad(grad_norm)(kernel, conv.Formulations(*formulations)),
         jax.grad(grad_norm)(kernel, conv.ALL_NATIVE), rtol=1e-4, atol=1e-4)
 
 
@@ -159,7 +159,7 @@ class PopulationTest(parameterized.TestCase):
     # Not all-native (conv2d would call lax.conv directly): the input
     # gradient of another formulation.
     other = conv.PATCHES if formulation == conv.NATIVE else conv.NATIVE
-    plan = conv.Plan(formulation, other, formulation)
+    plan = conv.Formulations(formulation, other, formulation)
     vmapped = jax.jit(jax.vmap(_output_and_grads, (0, 0, 0, None, None)),
                       static_argnums=(3, 4))(x, kernel, g, stride, plan)
     members = [_output_and_grads(x[m], kernel[m], g[m], stride, plan)
@@ -172,7 +172,7 @@ class PopulationTest(parameterized.TestCase):
 
   def test_vmap_of_a_shared_kernel(self):
     x, kernel, g = _population_inputs(2, 2, 3, 1, 6, 5)
-    plan = conv.cpu_plan(x.shape[1:], kernel.shape[1:], 1)
+    plan = conv.cpu_formulations(x.shape[1:], kernel.shape[1:], 1)
     vmapped = jax.vmap(_output_and_grads, (0, None, 0, None, None))(
         x, kernel[0], g, 1, plan)
     expected = jax.vmap(_output_and_grads, (0, None, 0, None, None))(
@@ -186,7 +186,7 @@ class PopulationTest(parameterized.TestCase):
       loss = lambda k: jnp.sum(jnp.tanh(conv.conv2d(x, k, 1, plan)))
       return jnp.sum(jnp.square(jax.grad(loss)(kernel)))
 
-    plan = conv.Plan(conv.NATIVE, conv.WINOGRAD, conv.DENSE)
+    plan = conv.Formulations(conv.NATIVE, conv.WINOGRAD, conv.DENSE)
     grads = jax.vmap(jax.grad(grad_norm, 1), (0, 0, None))
     np.testing.assert_allclose(grads(x, kernel, plan),
                                grads(x, kernel, conv.ALL_NATIVE), rtol=1e-4,
@@ -195,7 +195,7 @@ class PopulationTest(parameterized.TestCase):
   def test_no_grouped_convolution(self):
     """Batched over members, the stem runs as the members' convolutions."""
     x, kernel, g = _population_inputs(2, 9, 7, 2, 3, 4)
-    plan = conv.Plan(conv.NATIVE, conv.NATIVE, conv.PATCHES)
+    plan = conv.Formulations(conv.NATIVE, conv.NATIVE, conv.PATCHES)
     hlo = jax.jit(jax.vmap(_output_and_grads, (0, 0, 0, None, None)),
                   static_argnums=(3, 4)).lower(x, kernel, g, 2,
                                                plan).as_text()
@@ -220,7 +220,7 @@ class PlanTest(parameterized.TestCase):
       shapes.append(((64, h, h, cout), (3, 3, cout, cout), 1))
       cin = cout
     for x_shape, kernel_shape, stride in shapes:
-      plan = conv.cpu_plan(x_shape, kernel_shape, stride)
+      plan = conv.cpu_formulations(x_shape, kernel_shape, stride)
       for formulation in plan:
         self.assertIn(formulation, (conv.NATIVE,) + FORMULATIONS)
         self.assertTrue(_supports(formulation, kernel_shape[0], stride),
@@ -233,7 +233,7 @@ class PlanTest(parameterized.TestCase):
             ((64, 2, 2, 256), (3, 3, 256, 512), 2, 'forward'),
             ((64, 4, 4, 256), (3, 3, 256, 512), 2, 'input_grad')]
     for x_shape, kernel_shape, stride, product in slow:
-      plan = conv.cpu_plan(x_shape, kernel_shape, stride)
+      plan = conv.cpu_formulations(x_shape, kernel_shape, stride)
       self.assertNotEqual(getattr(plan, product), conv.NATIVE, x_shape)
 
   def test_small_maps_run_natively_where_winograd_is_slower(self):
@@ -246,10 +246,10 @@ class PlanTest(parameterized.TestCase):
                 ((64, 8, 8, 256), (3, 3, 256, 256)),
                 ((64, 4, 4, 512), (3, 3, 512, 512))]
     for x_shape, kernel_shape in native_forward:
-      plan = conv.cpu_plan(x_shape, kernel_shape, 1)
+      plan = conv.cpu_formulations(x_shape, kernel_shape, 1)
       self.assertEqual(plan[:2], (conv.NATIVE, conv.NATIVE), x_shape)
     for x_shape, kernel_shape in winograd:
-      self.assertEqual(conv.cpu_plan(x_shape, kernel_shape, 1),
+      self.assertEqual(conv.cpu_formulations(x_shape, kernel_shape, 1),
                        (conv.WINOGRAD,) * 3, x_shape)
 
   def test_output_size_is_torchs(self):

@@ -9,6 +9,7 @@ from absl.testing import absltest
 
 from mufax import conv
 from mufax import engine
+from mufax import executors
 from mufax import models
 from mufax import train
 
@@ -40,23 +41,25 @@ def primitives(model) -> str:
 class ExecutorTest(absltest.TestCase):
 
   def test_auto_is_host_on_cpu_and_the_loop_elsewhere(self):
-    self.assertEqual(engine.choose_executor('auto', 'cpu'), engine.HOST)
+    self.assertEqual(executors.choose_executor('auto', 'cpu'), executors.HOST)
     for platform in ('gpu', 'tpu'):
-      self.assertEqual(engine.choose_executor('auto', platform), engine.LOOP)
-      self.assertEqual(engine.choose_executor('host', platform), engine.HOST)
-    self.assertEqual(engine.choose_executor('loop', 'cpu'), engine.LOOP)
+      self.assertEqual(executors.choose_executor('auto', platform),
+                       executors.LOOP)
+      self.assertEqual(executors.choose_executor('host', platform),
+                       executors.HOST)
+    self.assertEqual(executors.choose_executor('loop', 'cpu'), executors.LOOP)
     with self.assertRaisesRegex(ValueError, "'fast'"):
-      engine.choose_executor('fast', 'cpu')
+      executors.choose_executor('fast', 'cpu')
 
   def test_an_engine_off_cpu_builds_the_native_model(self):
     gpu = tiny_engine([FakeDevice('gpu')])
-    self.assertEqual((gpu.platform, gpu.executor), ('gpu', engine.LOOP))
+    self.assertEqual((gpu.platform, gpu.executor), ('gpu', executors.LOOP))
     self.assertIs(gpu.model.conv, conv.Conv)
     self.assertIs(gpu.model.pool, conv.max_pool)
     # All members at once: the one-by-one default is for XLA's CPU.
     self.assertIsNone(gpu.members_per_call)
     cpu = tiny_engine(jax.devices()[:1])
-    self.assertEqual((cpu.platform, cpu.executor), ('cpu', engine.HOST))
+    self.assertEqual((cpu.platform, cpu.executor), ('cpu', executors.HOST))
     self.assertIs(cpu.model.pool, conv.cpu_max_pool)
     self.assertEqual(cpu.members_per_call, 1)
     # What is traced: CPU's custom gradients, or none of them.
@@ -68,8 +71,8 @@ class ExecutorTest(absltest.TestCase):
     self.assertIs(models.for_platform(chosen, 'tpu').conv, conv.CpuConv)
 
   def test_a_forced_executor_keeps_the_platforms_formulations(self):
-    forced = tiny_engine(jax.devices()[:1], executor=engine.LOOP)
-    self.assertEqual(forced.executor, engine.LOOP)
+    forced = tiny_engine(jax.devices()[:1], executor=executors.LOOP)
+    self.assertEqual(forced.executor, executors.LOOP)
     self.assertIs(forced.model.conv, conv.CpuConv)
     self.assertIsNone(forced.members_per_call)
 

@@ -17,6 +17,7 @@ from benchmarks import fidelity
 from mufax import engine as engine_lib
 from mufax import experiment
 from mufax import models
+from mufax import sharding
 from mufax import torch_resnet
 
 IMAGE_SIZE = 32
@@ -121,7 +122,7 @@ class PlanEquivalenceTest(parameterized.TestCase):
       # number of update steps.
       self.assertEqual(mine['stages'], theirs[row]['stages'], row)
       self.assertFalse(mine['diverged'] or theirs[row]['diverged'])
-      variables = engine_lib.member(mine['variables'], 0)
+      variables = sharding.member(mine['variables'], 0)
       self.assertLess(largest_difference(variables, theirs[row]['variables']),
                       TOLERANCE, row)
       # Not vacuous: the method moved the weights (in train mode the running
@@ -136,7 +137,7 @@ class PlanEquivalenceTest(parameterized.TestCase):
                                        'batch_size': BATCH})
     theirs = self.reference('scrub', lr=1.1 * LEARNING_RATE)
     self.assertGreater(largest_difference(
-        engine_lib.member(ours['scrub']['variables'], 0),
+        sharding.member(ours['scrub']['variables'], 0),
         theirs['scrub']['variables']), 10 * TOLERANCE)
 
   def test_stages_follow_the_protocol(self):

@@ -11,8 +11,8 @@ from absl.testing import parameterized
 import trees_testing
 import unlearning_test as ut
 
-from mufax import engine
 from mufax import models
+from mufax import sharding
 from mufax import unlearning
 from mufax.unlearning import core
 from mufax.unlearning import ct
@@ -73,7 +73,7 @@ class _Stages(core.SGDMethod):
 
 
 def member0(tree):
-  return engine.member(tree, 0)
+  return sharding.member(tree, 0)
 
 
 def first_steps(ctx, original, stages, **fields):
@@ -126,10 +126,10 @@ class MSGTest(parameterized.TestCase):
     scales = msg.gradient_scales(None, fake, None, fraction=FRACTION,
                                  damping=0.1)
     for k in range(2):
-      new = conv_kernels(engine.member(edited['params'], k))
-      old = conv_kernels(engine.member(start['params'], k))
+      new = conv_kernels(sharding.member(edited['params'], k))
+      old = conv_kernels(sharding.member(start['params'], k))
       masked = {name: scale == 1.0 for name, scale in
-                conv_kernels(engine.member(scales, k)).items()}
+                conv_kernels(sharding.member(scales, k)).items()}
       for name in new:
         changed = new[name] != old[name]
         self.assertEqual(int(changed.sum()),
@@ -151,8 +151,8 @@ class MSGTest(parameterized.TestCase):
     # Nothing but the convolutions' kernels is touched.
     for k in range(2):
       jax.tree.map(np.testing.assert_array_equal,
-                   other_leaves(engine.member(edited['params'], k)),
-                   other_leaves(engine.member(start['params'], k)))
+                   other_leaves(sharding.member(edited['params'], k)),
+                   other_leaves(sharding.member(start['params'], k)))
     jax.tree.map(np.testing.assert_array_equal, edited['batch_stats'],
                  start['batch_stats'])
 

@@ -12,7 +12,8 @@ from absl.testing import parameterized
 import trees_testing
 import unlearning_test as ut
 
-from mufax import engine
+from mufax import objectives
+from mufax import sharding
 from mufax import unlearning
 from mufax.unlearning import bad_teaching
 from mufax.unlearning import core
@@ -34,8 +35,8 @@ def batch(ctx, split, n=ut.BATCH):
 
 
 def forward_of(ctx, variables, *, train):
-  return engine.Forward(ctx.engine.model, variables['params'],
-                        variables['batch_stats'], train=train)
+  return objectives.Forward(ctx.engine.model, variables['params'],
+                            variables['batch_stats'], train=train)
 
 
 def run_measuring(ctx, method, original):
@@ -115,8 +116,8 @@ class PlanTest(parameterized.TestCase):
 
     batch = (jnp.zeros((2, 4, 4, 3)), jnp.zeros((2,), jnp.int32))
     for step in (0, 33, 34, 100, 339):
-      inputs = engine.Inputs({'retain': batch}, jax.random.key(0), 'softmax',
-                             step=step)
+      inputs = objectives.Inputs({'retain': batch}, jax.random.key(0),
+                                 'softmax', step=step)
       _, measured = loss(Forward(), inputs, None)
       self.assertAlmostEqual(float(measured['alpha']),
                              1e-4 * (1 - (step // 34) / 10), places=10)
@@ -172,7 +173,7 @@ class RandomLabelsTest(parameterized.TestCase):
     the true one."""
     base, original = ut.tiny_context(ONE_DEVICE, task=task)
     images, labels = batch(base, 'forget')
-    variables = engine.member(original, 0)
+    variables = sharding.member(original, 0)
     forward = forward_of(base, variables, train=False)
     logits = forward(images)
     for setting, draw in ((None, 'all'), ('other', 'other')):
@@ -184,7 +185,7 @@ class RandomLabelsTest(parameterized.TestCase):
       drawn = []
       for seed in (0, 1):
         rng = jax.random.key(seed)
-        inputs = engine.Inputs({'forget': (images, labels)}, rng, ctx.loss)
+        inputs = objectives.Inputs({'forget': (images, labels)}, rng, ctx.loss)
         value, _ = objective.loss(forward, inputs, None)
         expected = random_labels.draw_labels(rng, labels, ctx.num_outputs,
                                              ctx.loss, draw)
@@ -218,7 +219,7 @@ class BadTeachingTest(parameterized.TestCase):
       teachers = method.teachers(ctx, original)
       self.assertIs(teachers['original'], original)
       made[seed] = ut.host(teachers['incompetent'])
-      self.assertEqual(engine.members(made[seed]), 1)
+      self.assertEqual(sharding.members(made[seed]), 1)
     # Made from the member's seed: the same seed, the same teacher.
     jax.tree.map(np.testing.assert_array_equal, made[6],
                  ut.host(method.teachers(ctx, original)['incompetent']))
@@ -245,17 +246,17 @@ class BadTeachingTest(parameterized.TestCase):
     method = unlearning.METHODS['bad_teaching']
     stage, = method.stages(ctx)
     objective = stage.objectives['distil']
-    teachers = {name: forward_of(ctx, engine.member(t, 0), train=False)
+    teachers = {name: forward_of(ctx, sharding.member(t, 0), train=False)
                 for name, t in method.teachers(ctx, original).items()}
     batches = {'forget': batch(ctx, 'forget', 5),
                'retain': batch(ctx, 'retain', 3)}
-    inputs = engine.Inputs(batches, jax.random.key(0), ctx.loss, teachers)
-    student = forward_of(ctx, engine.member(original, 0), train=True)
+    inputs = objectives.Inputs(batches, jax.random.key(0), ctx.loss, teachers)
+    student = forward_of(ctx, sharding.member(original, 0), train=True)
     prepared = objective.prepare(student, inputs)
     value, measured = objective.loss(student, inputs, prepared)
 
     forget_images, retain_images = batches['forget'][0], batches['retain'][0]
-    student_logits = forward_of(ctx, engine.member(original, 0), train=True)(
+    student_logits = forward_of(ctx, sharding.member(original, 0), train=True)(
         jnp.concatenate([forget_images, retain_images]))
     kl = scrub.bernoulli_kl if bernoulli else scrub.softmax_kl
     competent = teachers['original'](forget_images)
@@ -283,7 +284,7 @@ class BadTeachingTest(parameterized.TestCase):
                                     protocol='clean', lr=1e-3, batch_size=33)
     student_bias = np.array([-1.0, 0.5, 2.0])
     original = jax.tree.map(lambda x: x[None], constant_model(
-        engine.member(original, 0), student_bias))
+        sharding.member(original, 0), student_bias))
     bad_bias = np.array([1.5, -2.0, 0.0])
     method = unlearning.METHODS['bad_teaching']
     real_teachers = type(method).teachers
@@ -300,7 +301,7 @@ class BadTeachingTest(parameterized.TestCase):
     images = batch(ctx, 'forget')[0]
     for train in (True, False):
       np.testing.assert_allclose(
-          forward_of(ctx, engine.member(original, 0), train=train)(images),
+          forward_of(ctx, sharding.member(original, 0), train=train)(images),
           np.broadcast_to(student_bias, (ut.BATCH, 3)), atol=1e-6)
 
     with mock.patch.object(type(method), 'teachers', constant_teachers):
@@ -345,10 +346,10 @@ class L1SparseTest(parameterized.TestCase):
 
   def test_objective_adds_the_weighted_l1_norm(self):
     ctx, original = ut.tiny_context(ONE_DEVICE)
-    variables = engine.member(original, 0)
+    variables = sharding.member(original, 0)
     images, labels = batch(ctx, 'retain')
-    inputs = engine.Inputs({'retain': (images, labels)}, jax.random.key(0),
-                           ctx.loss)
+    inputs = objectives.Inputs({'retain': (images, labels)}, jax.random.key(0),
+                               ctx.loss)
     value, measured = l1_sparse.RetainL1Loss(0.5)(
         forward_of(ctx, variables, train=False), inputs, None)
     task = inputs.loss(forward_of(ctx, variables, train=False)(images),

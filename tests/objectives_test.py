@@ -15,6 +15,8 @@ import new_methods_test as nmt
 import unlearning_test as ut
 
 from mufax import engine
+from mufax import objectives
+from mufax import sharding
 from mufax import unlearning
 from mufax.unlearning import advanced_neggrad
 from mufax.unlearning import bad_teaching
@@ -76,8 +78,8 @@ class Fixture:
   def __init__(self):
     self.ctx, population = ut.tiny_context(ONE_DEVICE, seeds=(0, 1))
     self.model = self.ctx.engine.model
-    self.teacher = with_running_statistics(engine.member(population, 0))
-    self.student = engine.member(population, 1)
+    self.teacher = with_running_statistics(sharding.member(population, 0))
+    self.student = sharding.member(population, 1)
     self.retain = nmt.batch(self.ctx, 'retain')
     self.forget = nmt.batch(self.ctx, 'forget')
 
@@ -85,7 +87,7 @@ class Fixture:
     return nmt.forward_of(self.ctx, variables, train=train)
 
   def inputs(self, **batches):
-    return engine.Inputs(
+    return objectives.Inputs(
         batches, jax.random.key(3), 'softmax',
         {'original': self.forward(self.teacher, train=False)})
 
@@ -267,8 +269,8 @@ class RetainLossTest(parameterized.TestCase):
       return cross_entropy(logits_of(ctx.engine.model, variables, images,
                                      train=train), labels)
 
-    before = retain_loss(engine.member(original, 0))
-    after = retain_loss(engine.member(
+    before = retain_loss(sharding.member(original, 0))
+    after = retain_loss(sharding.member(
         ut.rows_of(ctx, method, original)[row].variables, 0))
     self.assertLess(after, before - 0.05)
 
@@ -303,7 +305,7 @@ class TeachersInEvalModeTest(absltest.TestCase):
 
   def test_scrub_distils_from_the_original_in_eval_mode(self):
     ctx, population = ut.tiny_context(ONE_DEVICE, epochs=1, lr=0.05)
-    original = with_running_statistics(engine.member(population, 0))
+    original = with_running_statistics(sharding.member(population, 0))
     with recording(scrub.Distillation, lambda self, inputs, logits: {
         'teacher': logits, 'images': inputs.images(self.split)}):
       _, results = nmt.run_measuring(
@@ -318,7 +320,7 @@ class TeachersInEvalModeTest(absltest.TestCase):
     # Two steps of all 20 forget and 13 (30% of 46) retain examples.
     ctx, population = ut.tiny_context(ONE_DEVICE, batch_size=33, epochs=2,
                                       lr=1e-3)
-    original = with_running_statistics(engine.member(population, 0))
+    original = with_running_statistics(sharding.member(population, 0))
     method = type(unlearning.METHODS['bad_teaching'])
     made = method.teachers
     teachers = {}
@@ -338,7 +340,7 @@ class TeachersInEvalModeTest(absltest.TestCase):
     measured = results[0].measured
     self.assertLen(measured['forget_teacher'], 2)
     teachers = {'original': original,
-                'incompetent': engine.member(teachers['incompetent'], 0)}
+                'incompetent': sharding.member(teachers['incompetent'], 0)}
     for split, teacher in bad_teaching.TEACHERS.items():
       self.assert_eval_mode_logits(ctx.engine.model, teachers[teacher],
                                    measured[f'{split}_images'],
@@ -389,7 +391,7 @@ class GradientSumTest(absltest.TestCase):
       recorder = Recorded(method, name)
       list(recorder.run(ctx, population))
       for k, seed in enumerate(seeds):
-        variables = engine.member(population, k)
+        variables = sharding.member(population, k)
         stage = recorder.stages(ctx.for_seed(seed))[0]
         self.assertEqual(
             (stage.optimizer, stage.bn_train, stage.augment, len(stage.plan)),
@@ -409,7 +411,7 @@ class GradientSumTest(absltest.TestCase):
         expected = jax.tree.map(
             lambda *g: np.sum([np.asarray(x, np.float64) ** power
                                for x in g], axis=0), *grads)
-        measured = engine.member(recorder.sums, k)
+        measured = sharding.member(recorder.sums, k)
         for (path, e), m in zip(
             jax.tree_util.tree_flatten_with_path(expected)[0],
             jax.tree.leaves(measured), strict=True):

@@ -98,6 +98,33 @@ class PluginTest(absltest.TestCase):
     self.assertIn('error: config.unlearn.uniform_forget.weight=-1.0: must be '
                   'at least 0.', result.stderr)
 
+  def test_a_row_named_twice_is_refused_before_anything_trains(self):
+
+    @unlearning.register('twice')
+    class Twice(unlearning.SGDMethod):  # pylint: disable=unused-variable
+      """Both stages given the method's name, as a plugin author might."""
+
+      def stages(self, ctx):
+        plan = unlearning.step_plan('retain', unlearning.passes(
+            'retain', ctx.size('retain'), 64, epochs=1, seed=ctx.seed))
+        return [unlearning.Stage(self.name, plan,
+                                 {'retain': unlearning.RETAIN_LOSS}, 0.01,
+                                 bn_train=True, epochs=1)] * 2
+
+    config = experiment_test.tiny_config(self.create_tempdir().full_path)
+    config.unlearn = unlearning.hparams_config()
+    config.methods = 'original,twice'
+    workdir = self.create_tempdir().full_path
+    with self.assertRaises(experiment.ConfigError) as refused:
+      experiment.run(config, workdir)
+    self.assertEqual(
+        str(refused.exception),
+        "config.methods: twice: row 'twice' is also written by another of "
+        'its stages; give each stage that reports a row a name of its own.')
+    # Refused before the original trained: no checkpoint, no results.
+    self.assertFalse(os.path.exists(os.path.join(workdir, 'results.json')))
+    self.assertFalse(os.path.exists(os.path.join(workdir, 'checkpoints')))
+
   def test_a_missing_plugin_is_named(self):
     config = experiment_test.tiny_config(self.create_tempdir().full_path)
     config.plugins = 'no/such_method.py'

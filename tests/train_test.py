@@ -14,8 +14,14 @@ from absl.testing import absltest
 
 import trees_testing
 
+from mufax import compilation
 from mufax import engine
+from mufax import executors
 from mufax import models
+from mufax import objectives
+from mufax import optimizers
+from mufax import plans
+from mufax import sharding
 from mufax import train
 
 IMAGE_SIZE = 16
@@ -80,8 +86,8 @@ class PopulationTest(absltest.TestCase):
   def test_every_member_equals_the_single_model_of_its_seed(self):
     eng = make_engine(jax.devices()[:1])
     seeds = (5, 6)
-    alone = [engine.member(fit(eng, self.create_tempdir().full_path, (seed,),
-                               SHORT)[0].variables, 0) for seed in seeds]
+    alone = [sharding.member(fit(eng, self.create_tempdir().full_path, (seed,),
+                                 SHORT)[0].variables, 0) for seed in seeds]
     # All members in one vmapped program, and one by one (one CPU device's
     # default).
     for per_call in (2, 1):
@@ -95,12 +101,12 @@ class PopulationTest(absltest.TestCase):
         # Two members in one program convolve as XLA's grouped convolution,
         # whose rounding differs by CPU model; three BatchNorm-train steps
         # amplify it to ~1e-5 on some (a wrong seed or order gives ~1e-2).
-        assert_trees_close(self, engine.member(population.variables, k),
+        assert_trees_close(self, sharding.member(population.variables, k),
                            alone[k], 1e-4)
     # Members differ from each other (each has its own init and data
     # order), and moved from their start.
     moved(self, alone[0], alone[1])
-    fresh = engine.member(eng.init(engine.sgd(), (6,)).variables, 0)
+    fresh = sharding.member(eng.init(optimizers.sgd(), (6,)).variables, 0)
     moved(self, fresh['params'], alone[1]['params'])
 
   def test_masked_member_trains_on_its_subset(self):
@@ -130,7 +136,7 @@ class PopulationTest(absltest.TestCase):
       self.assertEqual((mesh['model'], mesh['data']),
                        (4, 1) if len(seeds) == 4 else (1, 4))
       self.assertLen(jax.tree.leaves(four.params)[0].addressable_shards, 4)
-      start = make_engine(jax.devices()[:1]).init(engine.sgd(),
+      start = make_engine(jax.devices()[:1]).init(optimizers.sgd(),
                                                   seeds).variables
       trees_testing.assert_equal_up_to_rounding(self, start, one.variables,
                                                 four.variables, rel=1e-3)
@@ -154,13 +160,14 @@ class PopulationTest(absltest.TestCase):
         split='train', seeds=seeds,
         checkpoint_dir=self.create_tempdir().full_path)
 
-    state = engine.with_learning_rate(eng.init(engine.sgd(0.05, 0.9), seeds),
-                                      0.05)
-    step = eng._population_step(
-        engine.Update(engine.TASK_OBJECTIVE, engine.SGD), eng.mesh(1))
+    state = optimizers.with_learning_rate(
+        eng.init(optimizers.sgd(0.05, 0.9), seeds), 0.05)
+    step = eng.programs.population_step(
+        objectives.Update(objectives.TASK_OBJECTIVE, optimizers.SGD),
+        eng.mesh(1))
     rngs = train.augmentation_keys(seeds)
     data = eng.splits['train']
-    plan = engine.Plan.stack(engine.epoch_plan(
+    plan = plans.Plan.stack(plans.epoch_plan(
         [np.arange(22)], batch_size=8, seeds=seeds, epoch=0))
     for _, indices in plan.steps:
       idx = indices['train'][0]
@@ -175,31 +182,33 @@ class PopulationTest(absltest.TestCase):
     masked, through the full batch's program, to what the short batch gives
     run as it is; a longer plan of the same steps compiles nothing new."""
     seeds = (4, 9)
-    exact = engine.Objective(engine.TASK_OBJECTIVE.loss)
-    self.assertTrue(engine.TASK_OBJECTIVE.pads)
+    exact = objectives.Objective(objectives.TASK_OBJECTIVE.loss)
+    self.assertTrue(objectives.TASK_OBJECTIVE.pads)
     self.assertFalse(exact.pads)
 
     def plan(epochs):
       per_member = [[] for _ in seeds]
       for epoch in range(epochs):
-        for steps, more in zip(per_member, engine.epoch_plan(
+        for steps, more in zip(per_member, plans.epoch_plan(
             [np.arange(22)] * len(seeds), batch_size=8, seeds=seeds,
             epoch=epoch)):
           steps += more
-      return engine.Plan.stack(per_member)
+      return plans.Plan.stack(per_member)
 
     results = {}
-    for name, objective in (('padded', engine.TASK_OBJECTIVE),
+    for name, objective in (('padded', objectives.TASK_OBJECTIVE),
                             ('exact', exact)):
       eng = make_engine(jax.devices()[:1])
       state, result = eng.run(
-          plan(1), {'train': engine.Update(objective, engine.SGD)},
-          engine.with_learning_rate(eng.init(engine.sgd(0.05, 0.9), seeds),
-                                    0.05), train.augmentation_keys(seeds))
+          plan(1), {'train': objectives.Update(objective, optimizers.SGD)},
+          optimizers.with_learning_rate(
+              eng.init(optimizers.sgd(0.05, 0.9), seeds), 0.05),
+          train.augmentation_keys(seeds))
       compiled = len(eng.compiler._cache)
       results[name] = (state, result, compiled)
       if name == 'padded':
-        eng.run(plan(2), {'train': engine.Update(objective, engine.SGD)},
+        eng.run(plan(2),
+                {'train': objectives.Update(objective, optimizers.SGD)},
                 state, train.augmentation_keys(seeds))
         self.assertLen(eng.compiler._cache, compiled)
     # The short batch's programs are the ones padding saves.
@@ -216,17 +225,17 @@ class PopulationTest(absltest.TestCase):
     """On CPU augmentation lives in the batch program: an update that
     differs only in it compiles a batch program, not a second update."""
     seeds = (2,)
-    plan = engine.Plan.stack(engine.epoch_plan(
+    plan = plans.Plan.stack(plans.epoch_plan(
         [np.arange(16)], batch_size=8, seeds=seeds, epoch=0))
     eng = make_engine(jax.devices()[:1])
-    self.assertEqual(eng.executor, engine.HOST)
-    state = engine.with_learning_rate(eng.init(engine.sgd(0.05, 0.9), seeds),
-                                      0.05)
+    self.assertEqual(eng.executor, executors.HOST)
+    state = optimizers.with_learning_rate(
+        eng.init(optimizers.sgd(0.05, 0.9), seeds), 0.05)
     compiled = []
     for augment in (True, False):
       state, _ = eng.run(
-          plan, {'train': engine.Update(engine.TASK_OBJECTIVE, engine.SGD,
-                                        augment=augment)},
+          plan, {'train': objectives.Update(objectives.TASK_OBJECTIVE,
+                                            optimizers.SGD, augment=augment)},
           state, train.augmentation_keys(seeds))
       compiled.append(len(eng.compiler._cache))
     self.assertEqual(compiled[1] - compiled[0], 1)
@@ -238,8 +247,8 @@ class PopulationTest(absltest.TestCase):
     the change)."""
     seeds = (3, 8)
     results = {}
-    for devices, executor in ((1, engine.HOST), (1, engine.LOOP),
-                              (4, engine.LOOP)):
+    for devices, executor in ((1, executors.HOST), (1, executors.LOOP),
+                              (4, executors.LOOP)):
       eng = make_engine(jax.devices()[:devices], executor=executor,
                         members_per_call=len(seeds))
       self.assertEqual(eng.executor, executor)
@@ -248,19 +257,19 @@ class PopulationTest(absltest.TestCase):
       results[devices, executor] = (
           state.variables, [h['train_loss'] for h in history],
           eng.evaluate(state.variables, 'test')['loss'])
-    host_vars, host_loss, host_losses = results[1, engine.HOST]
-    loop_vars, loop_loss, loop_losses = results[1, engine.LOOP]
+    host_vars, host_loss, host_losses = results[1, executors.HOST]
+    loop_vars, loop_loss, loop_losses = results[1, executors.LOOP]
     assert_trees_close(self, host_vars, loop_vars, 1e-5)
     np.testing.assert_allclose(host_losses, loop_losses, rtol=1e-5,
                                atol=1e-6)
     self.assertEqual(host_losses.shape, (2, 9))
     np.testing.assert_allclose(host_loss, loop_loss, rtol=1e-5)
     start = jax.device_get(make_engine(jax.devices()[:1]).init(
-        engine.SGD, seeds).variables)
+        optimizers.SGD, seeds).variables)
     moved(self, start['params'], host_vars['params'])
     trees_testing.assert_equal_up_to_rounding(
         self, start, jax.device_get(host_vars),
-        jax.device_get(results[4, engine.LOOP][0]), rel=1e-3)
+        jax.device_get(results[4, executors.LOOP][0]), rel=1e-3)
 
 
 class FitTest(absltest.TestCase):
@@ -310,14 +319,14 @@ class FitTest(absltest.TestCase):
       fit(eng, directory, (5, 6))
 
   def test_population_that_does_not_fit_is_refused(self):
-    state_bytes = engine.tree_bytes(
-        make_engine().abstract_state(engine.sgd(), 1))
+    state_bytes = compilation.tree_bytes(
+        make_engine().abstract_state(optimizers.sgd(), 1))
     data_bytes = make_engine().data_bytes()
     # Room for the data and about three members' state.
     eng = make_engine(jax.devices()[:1],
                       memory_limit=data_bytes + 7 * state_bytes)
     with self.assertRaisesRegex(
-        engine.PopulationTooLarge,
+        compilation.PopulationTooLarge,
         r'population of 8 .* at most 3 member\(s\) fit; set '
         r'config.population.size=3'):
       fit(eng, self.create_tempdir().full_path, tuple(range(8)))
@@ -325,7 +334,7 @@ class FitTest(absltest.TestCase):
     # of both members at once (one at a time, they would fit).
     eng = make_engine(jax.devices()[:1], members_per_call=2,
                       memory_limit=data_bytes + 4 * state_bytes)
-    with self.assertRaisesRegex(engine.PopulationTooLarge,
+    with self.assertRaisesRegex(compilation.PopulationTooLarge,
                                 'population of 2 '):
       fit(eng, self.create_tempdir().full_path, (1, 2))
 
@@ -338,12 +347,13 @@ class RecipeTest(absltest.TestCase):
     grads = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
 
     params = np.ones(5, np.float32)
-    opt_state = engine.sgd(recipe.learning_rate, recipe.momentum).init(params)
+    opt_state = optimizers.sgd(recipe.learning_rate,
+                               recipe.momentum).init(params)
     for epoch in range(3):
       opt_state.hyperparams['learning_rate'] = np.float32(
           train.learning_rate(recipe, epoch))
       for g in grads[epoch * 2:(epoch + 1) * 2]:
-        updates, opt_state = engine.SGD.update(g, opt_state, params)
+        updates, opt_state = optimizers.SGD.update(g, opt_state, params)
         params = optax.apply_updates(params, updates)
 
     weight = torch.nn.Parameter(torch.ones(5))
@@ -367,9 +377,9 @@ class RecipeTest(absltest.TestCase):
     start = np.linspace(-1, 1, 5, dtype=np.float32)
     for lr in (1e-4, 0.05):
       params = start
-      opt_state = engine.adam(lr).init(params)
+      opt_state = optimizers.adam(lr).init(params)
       for g in grads:
-        updates, opt_state = engine.ADAM.update(g, opt_state, params)
+        updates, opt_state = optimizers.ADAM.update(g, opt_state, params)
         params = optax.apply_updates(params, updates)
 
       weight = torch.nn.Parameter(torch.from_numpy(start.copy()))

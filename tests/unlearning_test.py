@@ -10,10 +10,13 @@ from absl.testing import parameterized
 import trees_testing
 
 from mufax import engine
+from mufax import executors
 from mufax import models
+from mufax import objectives
+from mufax import plans
+from mufax import sharding
 from mufax import unlearning
 from mufax.unlearning import cf_k
-from mufax.unlearning import loops
 from mufax.unlearning import scrub
 from mufax.unlearning import unsir
 
@@ -145,7 +148,7 @@ class StepPlanTest(parameterized.TestCase):
     self.assertEqual(step_counts(ctx, 'scrub'), [247 + 160])
 
   def test_cycling_forget_iterator_is_not_reset_per_epoch(self):
-    plan = loops.retain_driven(64 * 3, 64 * 2, 64, epochs=2, seed=0,
+    plan = plans.retain_driven(64 * 3, 64 * 2, 64, epochs=2, seed=0,
                                use_retain=True)
     forget = [tuple(step['forget']) for step in plan]
     self.assertLen(plan, 6)
@@ -222,20 +225,20 @@ class MethodBehaviourTest(parameterized.TestCase):
     images = jnp.asarray(ctx.data['retain']['image'][:BATCH] / 255.0,
                          jnp.float32)
     labels = jnp.asarray(ctx.data['retain']['label'][:BATCH])
-    variables = engine.member(original, 0)
-    teacher = engine.Forward(ctx.engine.model, variables['params'],
-                             variables['batch_stats'], train=False)
-    inputs = engine.Inputs({'retain': (images, labels)}, jax.random.key(0),
-                           'softmax', {'original': teacher})
-    student = engine.Forward(ctx.engine.model, variables['params'],
-                             variables['batch_stats'], train=True)
+    variables = sharding.member(original, 0)
+    teacher = objectives.Forward(ctx.engine.model, variables['params'],
+                                 variables['batch_stats'], train=False)
+    inputs = objectives.Inputs({'retain': (images, labels)}, jax.random.key(0),
+                               'softmax', {'original': teacher})
+    student = objectives.Forward(ctx.engine.model, variables['params'],
+                                 variables['batch_stats'], train=True)
     prepared = distillation.prepare(student, inputs)
     np.testing.assert_array_equal(prepared, teacher(images))
     _, measured = distillation.loss(student, inputs, prepared)
     t = 4.0
-    student_logits = engine.Forward(ctx.engine.model, variables['params'],
-                                    variables['batch_stats'],
-                                    train=True)(images)
+    student_logits = objectives.Forward(ctx.engine.model, variables['params'],
+                                        variables['batch_stats'],
+                                        train=True)(images)
     expected = t * t * scrub.softmax_kl(teacher(images) / t,
                                         student_logits / t).mean()
     self.assertAlmostEqual(float(measured['kl']), float(expected), places=5)
@@ -259,13 +262,13 @@ class MethodBehaviourTest(parameterized.TestCase):
     images = jnp.asarray(ctx.data['retain']['image'][:BATCH] / 255.0,
                          jnp.float32)
     labels = jnp.asarray(ctx.data['retain']['label'][:BATCH])
-    variables = engine.member(original, 0)
-    student = lambda: engine.Forward(ctx.engine.model, variables['params'],
-                                     variables['batch_stats'], train=True)
-    teacher = engine.Forward(ctx.engine.model, variables['params'],
-                             variables['batch_stats'], train=False)
-    inputs = engine.Inputs({'retain': (images, labels)}, jax.random.key(0),
-                           'sigmoid', {'original': teacher})
+    variables = sharding.member(original, 0)
+    student = lambda: objectives.Forward(ctx.engine.model, variables['params'],
+                                         variables['batch_stats'], train=True)
+    teacher = objectives.Forward(ctx.engine.model, variables['params'],
+                                 variables['batch_stats'], train=False)
+    inputs = objectives.Inputs({'retain': (images, labels)}, jax.random.key(0),
+                               'sigmoid', {'original': teacher})
     prepared = distillation.prepare(student(), inputs)
     _, measured = distillation.loss(student(), inputs, prepared)
     student_logits = student()(images)
@@ -288,13 +291,13 @@ class MethodBehaviourTest(parameterized.TestCase):
     ctx, original = tiny_context()
     images = jnp.asarray(ctx.data['forget']['image'][:BATCH] / 255.0,
                          jnp.float32)
-    inputs = engine.Inputs({'forget': (images, None)}, jax.random.key(3),
-                           'softmax')
-    variables = engine.member(original, 0)
+    inputs = objectives.Inputs({'forget': (images, None)}, jax.random.key(3),
+                               'softmax')
+    variables = sharding.member(original, 0)
 
     def noise(steps):
-      forward = engine.Forward(ctx.engine.model, variables['params'],
-                               variables['batch_stats'], train=True)
+      forward = objectives.Forward(ctx.engine.model, variables['params'],
+                                   variables['batch_stats'], train=True)
       return np.asarray(unsir.NoiseSynthesis(steps=steps)(forward, inputs))
 
     searched, drawn = noise(5), noise(0)
@@ -365,9 +368,9 @@ class PopulationTest(parameterized.TestCase):
     if method == 'random_labels':
       hparams['labels'] = 'other'
     results = {}
-    runs = [(1, engine.HOST), (1, engine.LOOP)]
+    runs = [(1, executors.HOST), (1, executors.LOOP)]
     if method in FOUR_DEVICE_METHODS:
-      runs.append((4, engine.LOOP))
+      runs.append((4, executors.LOOP))
     for devices, executor in runs:
       # Both members in one program.
       ctx, original = tiny_context(
@@ -383,7 +386,7 @@ class PopulationTest(parameterized.TestCase):
                  {split: ctx.engine.evaluate(row.variables, split)['loss']
                   for split in ('forget', 'retain')})
           for name, row in rows.items()}
-    reference = results[1, engine.HOST]
+    reference = results[1, executors.HOST]
 
     # Every member is the single model of its seed (one engine for both
     # single models: the second compiles nothing).
@@ -398,15 +401,15 @@ class PopulationTest(parameterized.TestCase):
       self.assertEqual(reference.keys(), alone.keys())
       for name, (variables, _) in reference.items():
         self.assertGreater(alone[name].update_steps, 0)
-        member = engine.member(variables, k)
+        member = sharding.member(variables, k)
         trees_testing.assert_equal_up_to_rounding(
-            self, engine.member(start, k), member,
-            engine.member(alone[name].variables, 0), rel=REL)
+            self, sharding.member(start, k), member,
+            sharding.member(alone[name].variables, 0), rel=REL)
         self.assertGreater(trees_testing.largest_difference(
-            engine.member(start, k)['params'], member['params']), 1e-3,
+            sharding.member(start, k)['params'], member['params']), 1e-3,
                            (name, seed))
 
-    looped = results[1, engine.LOOP]
+    looped = results[1, executors.LOOP]
     self.assertEqual(reference.keys(), looped.keys())
     for name, (variables, losses) in reference.items():
       jax.tree.map(lambda a, b, name=name: np.testing.assert_allclose(
@@ -417,9 +420,10 @@ class PopulationTest(parameterized.TestCase):
             losses[split], looped[name][1][split], rtol=EXECUTOR_TOLERANCE,
             atol=EXECUTOR_TOLERANCE, err_msg=f'{name} {split}')
       # The devices sum the batch's gradients in another order.
-      if (4, engine.LOOP) in results:
+      if (4, executors.LOOP) in results:
         trees_testing.assert_equal_up_to_rounding(
-            self, start, variables, results[4, engine.LOOP][name][0], rel=REL)
+            self, start, variables, results[4, executors.LOOP][name][0],
+            rel=REL)
 
 
 if __name__ == '__main__':

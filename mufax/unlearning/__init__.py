@@ -4,7 +4,9 @@ name.
 `METHODS[name].run(context, original_variables)` yields the method's rows
 (`core.Row`); `unsir` yields two, one per stage. Every module of this
 package is imported here, so a new method is one new file that registers
-itself; one outside the package is a plugin (`mufax.plugins`).
+itself; one outside the package is a plugin (`mufax.plugins`). This package
+exports everything a method needs (its base classes, objectives, optimizers
+and plans), so a plugin imports from here alone.
 """
 
 import importlib
@@ -12,13 +14,34 @@ import pkgutil
 
 import ml_collections
 
+# What a method needs, in one place: a plugin imports from here.
+from mufax.objectives import Forward
+from mufax.objectives import Inputs
+from mufax.objectives import Objective
+from mufax.objectives import TASK_OBJECTIVE
+from mufax.optimizers import ADAM
+from mufax.optimizers import SGD
+from mufax.optimizers import adam
+from mufax.optimizers import sgd
+from mufax.plans import full_batches
+from mufax.plans import passes
+from mufax.plans import retain_driven
+from mufax.plans import step_plan
+from mufax.plans import zipped
 from mufax.unlearning.core import Context
 from mufax.unlearning.core import Hparams
 from mufax.unlearning.core import METHODS
+from mufax.unlearning.core import REFERENCE_SOURCE
+from mufax.unlearning.core import Method
 from mufax.unlearning.core import Row
+from mufax.unlearning.core import SGDHparams
+from mufax.unlearning.core import SGDMethod
+from mufax.unlearning.core import Stage
 from mufax.unlearning.core import Unsupported
 from mufax.unlearning.core import hparam
 from mufax.unlearning.core import register
+from mufax.unlearning.finetune import FineTuneHparams
+from mufax.unlearning.finetune import RETAIN_LOSS
 
 for _module in pkgutil.iter_modules(__path__):
   importlib.import_module(f'{__name__}.{_module.name}')
@@ -37,5 +60,9 @@ def hparams_config() -> ml_collections.ConfigDict:
       if method.Hparams.config_fields()})
 
 
-__all__ = ['Context', 'Hparams', 'METHODS', 'PAPER_TABLE', 'Row', 'Unsupported', 'hparam',
-           'hparams_config', 'register']
+__all__ = ['ADAM', 'Context', 'FineTuneHparams', 'Forward', 'Hparams',
+           'Inputs', 'METHODS', 'Method', 'Objective', 'PAPER_TABLE',
+           'REFERENCE_SOURCE', 'RETAIN_LOSS', 'Row', 'SGD', 'SGDHparams',
+           'SGDMethod', 'Stage', 'TASK_OBJECTIVE', 'Unsupported', 'adam',
+           'full_batches', 'hparam', 'hparams_config', 'passes', 'register',
+           'retain_driven', 'sgd', 'step_plan', 'zipped']

@@ -7,10 +7,10 @@ statistics update twice per step.
 
 from __future__ import annotations
 
-from mufax import engine
+from mufax import objectives
+from mufax import plans
 from mufax.unlearning import core
 from mufax.unlearning import finetune
-from mufax.unlearning import loops
 
 
 def retain_minus_forget(forward, inputs, prepared):
@@ -30,12 +30,13 @@ class AdvancedNegGrad(core.SGDMethod):
     epochs, bs = hp.epochs, hp.batch_size
     sizes = ctx.size('retain'), ctx.size('forget')
     if ctx.task == 'mufac':
-      plan = loops.retain_driven(*sizes, bs, epochs=epochs, seed=ctx.seed,
+      plan = plans.retain_driven(*sizes, bs, epochs=epochs, seed=ctx.seed,
                                  use_retain=True)
     else:
-      plan = loops.zipped(*sizes, bs, epochs=epochs, seed=ctx.seed)
+      plan = plans.zipped(*sizes, bs, epochs=epochs, seed=ctx.seed)
     return [core.Stage(
-        row='advanced_neggrad', plan=core.step_plan('step', plan),
-        objectives={'step': engine.Objective(retain_minus_forget, pads=True)},
+        row='advanced_neggrad', plan=plans.step_plan('step', plan),
+        objectives={'step': objectives.Objective(retain_minus_forget,
+                                                 pads=True)},
         learning_rate=hp.lr, bn_train=ctx.bn_train(),
         epochs=epochs)]

@@ -53,8 +53,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mufax import engine
 from mufax import models
+from mufax import objectives
+from mufax import plans
 from mufax.unlearning import core
 from mufax.unlearning import scrub
 
@@ -65,7 +66,7 @@ _NOTEBOOK = ('Chundawat et al. 2023, github.com/vikram2000b/'
 TEACHERS = {'forget': 'incompetent', 'retain': 'original'}
 # Folded into a member's seed to initialise its incompetent teacher.
 INCOMPETENT_STREAM = 0x0BAD7EAC
-# Numpy streams: (seed, stream[, epoch]), as `loops` seeds its loaders.
+# Numpy streams: (seed, stream[, epoch]), as `plans` seeds its loaders.
 _STREAMS = {'retain': 1, 'forget': 2, 'subset': 3}
 
 
@@ -162,8 +163,8 @@ class BadTeaching:
     loss = kl.mean()
     return loss, {'kl': loss, **measured}
 
-  def objective(self) -> engine.Objective:
-    return engine.Objective(self.loss, prepare=self.prepare)
+  def objective(self) -> objectives.Objective:
+    return objectives.Objective(self.loss, prepare=self.prepare)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +196,7 @@ class BadTeachingMethod(core.SGDMethod):
     objective = BadTeaching(hp.temperature,
                             bernoulli=ctx.loss == 'sigmoid').objective()
     return [core.Stage(
-        row='bad_teaching', plan=core.step_plan('distil', plan),
+        row='bad_teaching', plan=plans.step_plan('distil', plan),
         objectives={'distil': objective}, learning_rate=hp.lr,
         bn_train=ctx.bn_train(), epochs=hp.epochs,
         teachers=('original', 'incompetent'), optimizer='adam',

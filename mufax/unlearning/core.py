@@ -2,7 +2,7 @@
 the stages that the engine runs.
 
 A method (one module each) describes one model's unlearning as stages: a plan
-of batches (`loops`), an objective per kind of step, a learning rate, the
+of batches (`plans`), an objective per kind of step, a learning rate, the
 BatchNorm mode and which parameters train. `SGDMethod.run` plans every
 member of the population with its own seed and hands the stages to the
 engine, which runs them for the whole population at once. The original
@@ -21,9 +21,13 @@ from typing import Any
 import jax
 import numpy as np
 
+from mufax import cluster
 from mufax import engine as engine_lib
+from mufax import gradient_sums
+from mufax import objectives as objectives_lib
+from mufax import optimizers
+from mufax import plans
 from mufax import train
-from mufax.unlearning import loops
 
 METHODS: dict[str, Method] = {}
 
@@ -202,8 +206,8 @@ class Stage:
   at its end."""
   row: str | None
   # One entry per update step: (objective key, {data name: indices}).
-  plan: list[tuple[str, dict[str, np.ndarray]]]
-  objectives: Mapping[str, engine_lib.Objective]
+  plan: plans.Steps
+  objectives: Mapping[str, objectives_lib.Objective]
   learning_rate: float
   bn_train: bool
   # Passes over the loop's driving split, as the reference counts them.
@@ -213,9 +217,9 @@ class Stage:
   # Models the objectives may call (`inputs.teacher(images, name)`), in eval
   # mode: 'original', or one of the method's `teachers`.
   teachers: tuple[str, ...] = ()
-  # A key of `engine.OPTIMIZERS`. The gradient sums update nothing: they
-  # leave their sums (a population's params-shaped tree) under `name` for
-  # the stages after them.
+  # A key of `optimizers.OPTIMIZERS` or `gradient_sums.GRADIENT_SUMS`. The
+  # gradient sums update nothing: they leave their sums (a population's
+  # params-shaped tree) under `name` for the stages after them.
   optimizer: str = 'sgd'
   momentum: float = 0.0
   name: str = ''
@@ -231,7 +235,7 @@ class Stage:
 
   @property
   def measures(self) -> bool:
-    return self.optimizer.endswith('gradient_sum')
+    return self.optimizer in gradient_sums.GRADIENT_SUMS
 
   def settings(self) -> dict:
     if self.measures:
@@ -244,10 +248,6 @@ class Stage:
             **({'momentum': self.momentum} if self.momentum else {}),
             **({'trainable': sorted(self.trainable)} if self.trainable
                else {})}
-
-
-def step_plan(key: str, plan: loops.Plan) -> list[tuple[str, dict]]:
-  return [(key, batches) for batches in plan]
 
 
 # --------------------------------------------------------------- methods
@@ -303,9 +303,11 @@ class SGDMethod(Method):
   def _run_stage(self, ctx, stage, plan, variables, rngs, measurements,
                  label, teachers):
     engine, population = ctx.engine, len(ctx.seeds)
-    update_tx, make_tx = engine_lib.OPTIMIZERS[stage.optimizer]
-    updates = {key: engine_lib.Update(objective, update_tx, stage.bn_train,
-                                      stage.trainable, stage.augment)
+    update_tx, make_tx = (optimizers.OPTIMIZERS
+                          | gradient_sums.GRADIENT_SUMS)[stage.optimizer]
+    updates = {key: objectives_lib.Update(objective, update_tx,
+                                          stage.bn_train, stage.trainable,
+                                          stage.augment)
                for key, objective in stage.objectives.items()}
     state = engine.state_from(
         variables, make_tx(stage.learning_rate, stage.momentum),
@@ -313,9 +315,9 @@ class SGDMethod(Method):
     if stage.gradient_scale is not None:
       scale = engine.put_members(stage.gradient_scale(
           state.variables, measurements, rngs), population)
-      state = state.replace(opt_state=(engine_lib.GradientScale(scale),)
+      state = state.replace(opt_state=(optimizers.GradientScale(scale),)
                             + tuple(state.opt_state[1:]))
-    engine_lib.log(
+    cluster.log(
         f'{label}: {len(plan)} '
         + ('gradient passes' if stage.measures else
            f'update steps, learning rate {stage.learning_rate}')
@@ -325,9 +327,9 @@ class SGDMethod(Method):
         plan, updates, state, rngs,
         teachers={n: teachers[n] for n in stage.teachers} or None,
         label=label)
-    engine_lib.log(f'  {label} done in {result.seconds:.1f} s '
-                   f'(+{result.compile_seconds:.1f} s compiling), last '
-                   f'loss {result.measured["loss"][-1].mean():.4f}')
+    cluster.log(f'  {label} done in {result.seconds:.1f} s '
+                f'(+{result.compile_seconds:.1f} s compiling), last '
+                f'loss {result.measured["loss"][-1].mean():.4f}')
     return state, result
 
   def run(self, ctx: Context, original) -> Iterator[Row]:
@@ -341,24 +343,17 @@ class SGDMethod(Method):
     engine = ctx.engine
     population = len(ctx.seeds)
     per_member = [self.stages(ctx.for_seed(s)) for s in ctx.seeds]
-    variables, measurements, teachers = original, {}, None
-    done = {'finished': 0, 'steps': 0, 'seconds': 0.0,
-            'compile_seconds': 0.0, 'flops': 0.0, 'history': []}
     progress = train.Progress(ctx.progress_dir) if ctx.progress_dir else None
-    saved = progress.restore() if progress else None
-    if saved:
-      _, arrays, done = saved
-      variables = arrays['variables']
-      measurements = arrays.get('measurements', {})
-      engine_lib.log(f'{self.name}: resuming after stage {done["finished"]} '
-                     f'of {len(per_member[0])} from {ctx.progress_dir}')
+    variables, measurements, done = self._resume(
+        ctx, progress, original, len(per_member[0]))
+    teachers = None
     history = done['history']
     for index, stages in enumerate(zip(*per_member)):
       if index < done['finished']:
         continue
       stage = stages[0]
       label = stage.row or stage.name or self.name
-      plan = engine_lib.Plan.stack([s.plan for s in stages])
+      plan = plans.Plan.stack([s.plan for s in stages])
       rngs = jax.vmap(lambda s, i=index: jax.random.fold_in(
           jax.random.key(s), i))(np.asarray(ctx.seeds, np.int32))
       if stage.edit is not None:
@@ -371,15 +366,8 @@ class SGDMethod(Method):
           teachers = self.teachers(ctx, original)
         state, result = self._run_stage(ctx, stage, plan, variables, rngs,
                                         measurements, label, teachers)
-        done['seconds'] += result.seconds
-        done['compile_seconds'] += result.compile_seconds
-        done['flops'] += result.flops
-        diverged = engine_lib.divergence(result.measured['loss'], ctx.seeds)
+        diverged = self._add_run(ctx, done, result, label)
         if diverged:
-          diverged.update(step=done['steps'] + diverged['step'], stage=label)
-          engine_lib.log(f'{self.name} diverged at update step '
-                         f'{diverged["step"]} ({label}); its rows are '
-                         'recorded as diverged')
           later = [s.row for s in per_member[0][index:] if s.row]
           for row in later:
             yield self._row(ctx, row, None, done, done['steps'] + len(plan),
@@ -397,9 +385,37 @@ class SGDMethod(Method):
       if progress and done['finished'] < len(per_member[0]):
         progress.save(done['finished'], {'variables': variables} | (
             {'measurements': measurements} if measurements else {}), done)
-        engine_lib.log(f'  {label}: progress saved')
+        cluster.log(f'  {label}: progress saved')
     if progress:
       progress.clear()
+
+  def _resume(self, ctx, progress, original, stage_count: int):
+    """(variables, measurements, done so far) to start from: the original
+    model, or what `progress` saved after a stage."""
+    done = {'finished': 0, 'steps': 0, 'seconds': 0.0,
+            'compile_seconds': 0.0, 'flops': 0.0, 'history': []}
+    saved = progress.restore() if progress else None
+    if not saved:
+      return original, {}, done
+    _, arrays, done = saved
+    cluster.log(f'{self.name}: resuming after stage {done["finished"]} '
+                f'of {stage_count} from {ctx.progress_dir}')
+    return arrays['variables'], arrays.get('measurements', {}), done
+
+  def _add_run(self, ctx, done, result, label) -> dict | None:
+    """Adds a stage's run to `done`; returns where its loss stopped being
+    finite (`engine.divergence`, the step counted over the method's
+    stages), or None."""
+    done['seconds'] += result.seconds
+    done['compile_seconds'] += result.compile_seconds
+    done['flops'] += result.flops
+    diverged = engine_lib.divergence(result.measured['loss'], ctx.seeds)
+    if diverged:
+      diverged.update(step=done['steps'] + diverged['step'], stage=label)
+      cluster.log(f'{self.name} diverged at update step '
+                  f'{diverged["step"]} ({label}); its rows are recorded as '
+                  'diverged')
+    return diverged
 
   def _row(self, ctx, name, variables, done, steps, diverged=None) -> Row:
     history = done['history']

@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mufax import plans
 from mufax.unlearning import core
 from mufax.unlearning import finetune
-from mufax.unlearning import loops
 
 _SOURCE = ('Cadet, Gayet et al. 2024 (DeepUnlearn), github.com/xcadet/'
            'deepunlearn, munl/unlearning/kgltop5.py')
@@ -84,7 +84,7 @@ class CT(core.SGDMethod):
       stages.append(core.Stage(
           row='ct' if epoch == hp.epochs - 1 else None,
           name=f'ct epoch {epoch + 1}/{hp.epochs}',
-          plan=core.step_plan('retain', loops.passes(
+          plan=plans.step_plan('retain', plans.passes(
               'retain', ctx.size('retain'), hp.batch_size, epochs=1,
               seed=ctx.seed, first_epoch=epoch)),
           objectives={'retain': finetune.RETAIN_LOSS}, learning_rate=lr,

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 
-from mufax import engine
+from mufax import objectives
+from mufax import plans
 from mufax.unlearning import core
-from mufax.unlearning import loops
 
 
-def role_task_loss(role: str) -> engine.Objective:
+def role_task_loss(role: str) -> objectives.Objective:
   """The task loss on the batch of one role, as an objective."""
 
   def loss(forward, inputs, prepared):
     del prepared
     return inputs.task_loss(inputs.logits(forward, role), role), {}
 
-  return engine.Objective(loss, pads=True)
+  return objectives.Objective(loss, pads=True)
 
 
 RETAIN_LOSS = role_task_loss('retain')
@@ -32,7 +32,7 @@ def retain_stage(ctx: core.Context, row: str | None, *, learning_rate: float,
   the repair of later methods); `stage` sets other `core.Stage` fields."""
   return core.Stage(
       row=row,
-      plan=core.step_plan('retain', loops.passes(
+      plan=plans.step_plan('retain', plans.passes(
           'retain', ctx.size('retain'), batch_size, epochs=epochs,
           seed=ctx.seed)),
       objectives={'retain': RETAIN_LOSS}, learning_rate=learning_rate,

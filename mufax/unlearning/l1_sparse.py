@@ -27,9 +27,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from mufax import engine
+from mufax import objectives
+from mufax import plans
 from mufax.unlearning import core
-from mufax.unlearning import loops
 
 _RUN = ('Jia et al. 2023, github.com/OPTML-Group/Unlearn-Sparse, run.py '
         'params["FT_prune"], ResNet-18 CIFAR-10')
@@ -88,10 +88,11 @@ class L1Sparse(core.SGDMethod):
 
   def stages(self, ctx):
     hp = self.hparams(ctx)
-    plan = loops.passes('retain', ctx.size('retain'), hp.batch_size,
+    plan = plans.passes('retain', ctx.size('retain'), hp.batch_size,
                         epochs=hp.epochs, seed=ctx.seed)
     loss = RetainL1Loss(hp.alpha, hp.epochs, len(plan) // hp.epochs)
-    return [core.Stage(row='l1_sparse', plan=core.step_plan('retain', plan),
-                       objectives={'retain': engine.Objective(loss, pads=True)},
+    return [core.Stage(row='l1_sparse', plan=plans.step_plan('retain', plan),
+                       objectives={'retain': objectives.Objective(
+                           loss, pads=True)},
                        learning_rate=hp.lr, bn_train=ctx.bn_train(),
                        epochs=hp.epochs, momentum=hp.momentum)]

@@ -53,9 +53,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mufax import plans
 from mufax.unlearning import core
 from mufax.unlearning import finetune
-from mufax.unlearning import loops
 
 _SOURCE = ('Cadet, Gayet et al. 2024 (DeepUnlearn), github.com/xcadet/'
            'deepunlearn, munl/unlearning/kgltop2.py')
@@ -181,7 +181,7 @@ class MSGHparams(core.SGDHparams):
 
 
 def retain_subset_plan(n_retain: int, n_forget: int, batch_size: int, *,
-                       seed: int) -> loops.Plan:
+                       seed: int) -> plans.Batches:
   """A random subset of retain as large as forget, in batches (the
   reference's `randperm(len(retain))[:len(forget)]`, shuffled)."""
   order = np.random.default_rng([seed, _SUBSET_STREAM]).permutation(
@@ -203,11 +203,11 @@ class MSG(core.SGDMethod):
                    optimizer='gradient_sum', augment=False)
     stages = [
         core.Stage(row=None, name='retain_gradients',
-                   plan=core.step_plan('retain', retain_subset_plan(
+                   plan=plans.step_plan('retain', retain_subset_plan(
                        ctx.size('retain'), ctx.size('forget'),
                        hp.batch_size, seed=ctx.seed)), **measure),
         core.Stage(row=None, name='forget_gradients',
-                   plan=core.step_plan('forget', loops.passes(
+                   plan=plans.step_plan('forget', plans.passes(
                        'forget', ctx.size('forget'), hp.batch_size, epochs=1,
                        seed=ctx.seed)), **measure),
     ]
@@ -219,7 +219,7 @@ class MSG(core.SGDMethod):
       stages.append(core.Stage(
           row='msg' if last else None,
           name=f'msg epoch {epoch + 1}/{hp.epochs}',
-          plan=core.step_plan('retain', loops.passes(
+          plan=plans.step_plan('retain', plans.passes(
               'retain', ctx.size('retain'), hp.batch_size, epochs=1,
               seed=ctx.seed, first_epoch=epoch)),
           objectives={'retain': finetune.RETAIN_LOSS}, learning_rate=lr,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from mufax import engine
+from mufax import objectives
+from mufax import plans
 from mufax.unlearning import finetune
 from mufax.unlearning import core
-from mufax.unlearning import loops
 
 
 def forget_ascent(forward, inputs, prepared):
@@ -23,15 +23,15 @@ class NegGrad(core.SGDMethod):
     epochs, bs = hp.epochs, hp.batch_size
     if ctx.task == 'multilabel':
       # The reference loops over forget alone, skipping its short batch.
-      plan = loops.full_batches('forget', ctx.size('forget'), bs,
+      plan = plans.full_batches('forget', ctx.size('forget'), bs,
                                 epochs=epochs, seed=ctx.seed)
     else:
       # Retain batches drive the loop but are not used (MUFAC: 255 steps).
-      plan = loops.retain_driven(ctx.size('retain'), ctx.size('forget'), bs,
+      plan = plans.retain_driven(ctx.size('retain'), ctx.size('forget'), bs,
                                  epochs=epochs, seed=ctx.seed,
                                  use_retain=False)
     return [core.Stage(
-        row='neggrad', plan=core.step_plan('neggrad', plan),
-        objectives={'neggrad': engine.Objective(forget_ascent, pads=True)},
+        row='neggrad', plan=plans.step_plan('neggrad', plan),
+        objectives={'neggrad': objectives.Objective(forget_ascent, pads=True)},
         learning_rate=hp.lr, bn_train=ctx.bn_train(),
         epochs=epochs)]

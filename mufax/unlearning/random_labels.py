@@ -30,10 +30,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from mufax import engine
+from mufax import objectives
+from mufax import plans
 from mufax.unlearning import core
 from mufax.unlearning import finetune
-from mufax.unlearning import loops
 
 _ARGS = ('Fan et al. 2024 (SalUn), github.com/OPTML-Group/Unlearn-Saliency, '
          'Classification/arg_parser.py default')
@@ -135,12 +135,12 @@ def relabel_stage(ctx: core.Context, row: str, hp: RandomLabelsHparams,
   plan = []
   for epoch in range(hp.epochs):
     for name in ('forget', 'retain'):
-      plan += core.step_plan(name, loops.passes(
+      plan += plans.step_plan(name, plans.passes(
           name, ctx.size(name), hp.batch_size, epochs=1, seed=ctx.seed,
           first_epoch=epoch))
   return core.Stage(
       row=row, plan=plan,
-      objectives={'forget': engine.Objective(
+      objectives={'forget': objectives.Objective(
           RandomLabelForgetLoss(ctx.num_outputs, hp.labels)),
                   'retain': finetune.RETAIN_LOSS},
       learning_rate=hp.lr, bn_train=ctx.bn_train(), epochs=hp.epochs,

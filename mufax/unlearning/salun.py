@@ -34,9 +34,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from mufax import plans
 from mufax.unlearning import core
 from mufax.unlearning import finetune
-from mufax.unlearning import loops
 from mufax.unlearning import random_labels
 
 _SOURCE = ('Fan et al. 2024 (SalUn), github.com/OPTML-Group/'
@@ -89,7 +89,7 @@ class SalUn(core.SGDMethod):
 
   def stages(self, ctx):
     hp = self.hparams(ctx)
-    saliency_plan = loops.passes('forget', ctx.size('forget'),
+    saliency_plan = plans.passes('forget', ctx.size('forget'),
                                  hp.batch_size, epochs=1, seed=ctx.seed)
 
     def gradient_scale(variables, measurements, rngs):
@@ -101,7 +101,7 @@ class SalUn(core.SGDMethod):
 
     return [
         core.Stage(row=None, name=SALIENCY,
-                   plan=core.step_plan('saliency', saliency_plan),
+                   plan=plans.step_plan('saliency', saliency_plan),
                    objectives={'saliency': SALIENCY_OBJECTIVE},
                    learning_rate=0.0, bn_train=False, epochs=1,
                    optimizer='gradient_sum'),

@@ -17,9 +17,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from mufax import engine
+from mufax import objectives
+from mufax import plans
 from mufax.unlearning import core
-from mufax.unlearning import loops
 
 # Whether an epoch has a forget pass, per protocol §4 task: the multi-label
 # notebook has none.
@@ -67,8 +67,8 @@ class Distillation:
       return task_loss + kl, {'task_loss': task_loss, 'kl': kl}
     return -kl, {'kl': kl}
 
-  def objective(self) -> engine.Objective:
-    return engine.Objective(self.loss, prepare=self.prepare, pads=True)
+  def objective(self) -> objectives.Objective:
+    return objectives.Objective(self.loss, prepare=self.prepare, pads=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,16 +91,16 @@ class SCRUB(core.SGDMethod):
     hp = self.hparams(ctx).for_task(ctx.task)
     lr, epochs, forget_pass = hp.lr, hp.epochs, FORGET_PASS[ctx.task]
     bernoulli = ctx.loss == 'sigmoid' and ctx.protocol == 'clean'
-    objectives = {
+    by_step = {
         name: Distillation(name, sign, hp.temperature, bernoulli).objective()
         for name, sign in (('retain', 1), ('forget', -1))}
     plan = []
     for epoch in range(epochs):
       for name in ('retain', 'forget') if forget_pass else ('retain',):
-        plan += core.step_plan(name, loops.passes(
+        plan += plans.step_plan(name, plans.passes(
             name, ctx.size(name), hp.batch_size, epochs=1, seed=ctx.seed,
             first_epoch=epoch))
-    return [core.Stage(row='scrub', plan=plan, objectives=objectives,
+    return [core.Stage(row='scrub', plan=plan, objectives=by_step,
                        learning_rate=lr, bn_train=True, epochs=epochs,
                        teachers=('original',))]
 

@@ -32,8 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mufax import engine
 from mufax import losses
+from mufax import objectives
+from mufax import plans
 from mufax.unlearning import core
 
 _SOURCE = ('Foster et al. 2024 (SSD), github.com/if-loops/'
@@ -57,7 +58,7 @@ def batch_mean_loss(forward, inputs, prepared):
   return loss, {}
 
 
-IMPORTANCE = engine.Objective(batch_mean_loss)
+IMPORTANCE = objectives.Objective(batch_mean_loss)
 
 
 def plan_batches(splits: list[tuple[str, np.ndarray]],
@@ -130,7 +131,7 @@ class SSD(core.SGDMethod):
 
     def measure(name, plan):
       return core.Stage(
-          row=None, name=name, plan=core.step_plan('importance', plan),
+          row=None, name=name, plan=plans.step_plan('importance', plan),
           objectives={'importance': IMPORTANCE}, learning_rate=0.0,
           bn_train=False, epochs=1, optimizer='squared_gradient_sum',
           augment=False)

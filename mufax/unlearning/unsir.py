@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mufax import engine
+from mufax import objectives
+from mufax import plans
 from mufax.unlearning import core
 from mufax.unlearning import finetune
-from mufax.unlearning import loops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +30,8 @@ class NoiseSynthesis:
   steps: int = 5
   learning_rate: float = 0.01
 
-  def __call__(self, forward: engine.Forward, inputs: engine.Inputs) -> jax.Array:
+  def __call__(self, forward: objectives.Forward,
+               inputs: objectives.Inputs) -> jax.Array:
     forget = inputs.images('forget')
     target = jax.lax.stop_gradient(forward(forget))
     noise = jax.random.normal(inputs.rng, forget.shape, jnp.float32)
@@ -82,12 +83,12 @@ class UNSIR(core.SGDMethod):
 
   def stages(self, ctx):
     hp = self.hparams(ctx)
-    impair = engine.Objective(impair_loss, prepare=NoiseSynthesis(
+    impair = objectives.Objective(impair_loss, prepare=NoiseSynthesis(
         hp.noise_steps, hp.noise_lr))
-    plan = loops.zipped(ctx.size('retain'), ctx.size('forget'),
+    plan = plans.zipped(ctx.size('retain'), ctx.size('forget'),
                         hp.batch_size, epochs=hp.epochs, seed=ctx.seed)
     return [
-        core.Stage(row='unsir_stage1', plan=core.step_plan('impair', plan),
+        core.Stage(row='unsir_stage1', plan=plans.step_plan('impair', plan),
                    objectives={'impair': impair}, learning_rate=hp.lr,
                    bn_train=ctx.bn_train(reference_eval=True),
                    epochs=hp.epochs),
