@@ -14,8 +14,8 @@ import trees_testing
 import unlearning_test as ut
 from experiment_test import tiny_config
 
-from mufax import engine
 from mufax import experiment
+from mufax import sharding
 from mufax.unlearning import finetune
 
 
@@ -72,7 +72,7 @@ class SharedOriginalTest(absltest.TestCase):
     # the table scores.
     (ctx, original, (population,)), = calls
     self.assertEqual(ctx.seeds, (42, 43))
-    self.assertEqual(engine.members(original), 1)
+    self.assertEqual(sharding.members(original), 1)
     np.testing.assert_allclose(
         ctx.engine.evaluate(original, 'forget')['loss'], original_losses,
         rtol=1e-5, atol=1e-6)
@@ -80,15 +80,15 @@ class SharedOriginalTest(absltest.TestCase):
     # with the seeds swapped, the members swap.
     swapped, = run(finetune.FineTune('finetune'), dataclasses.replace(
         ctx, seeds=ctx.seeds[::-1], progress_dir=None), original)
-    start = engine.member(original, 0)
+    start = sharding.member(original, 0)
     for k in range(2):
       trees_testing.assert_equal_up_to_rounding(
-          self, start, engine.member(population, k),
-          engine.member(ut.host(swapped.variables), 1 - k), rel=ut.REL)
+          self, start, sharding.member(population, k),
+          sharding.member(ut.host(swapped.variables), 1 - k), rel=ut.REL)
     # The seeds alone made the members differ.
     self.assertGreater(trees_testing.largest_difference(
-        engine.member(population, 0)['params'],
-        engine.member(population, 1)['params']), 1e-3)
+        sharding.member(population, 0)['params'],
+        sharding.member(population, 1)['params']), 1e-3)
     self.assertGreater(np.abs(finetune_losses[0] - finetune_losses[1]).max(),
                        1e-3)
 
