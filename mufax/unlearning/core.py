@@ -151,9 +151,8 @@ class Context:
   # `Hparams` (None or absent keeps the default).
   hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   # Trains a protocol §4 population ('retrain', for `retrain`), or reuses its
-  # checkpoint; returns (state, seconds its epochs took, recipe as a dict,
-  # history).
-  train_from_scratch: Callable[[str], tuple] | None = None
+  # checkpoint, and returns its row (`train.from_scratch`).
+  train_from_scratch: Callable[[str], Row] | None = None
   # Where a method saves its progress after each stage
   # (checkpoints.Progress), so that a killed run resumes inside it; None
   # saves nothing.
