@@ -27,13 +27,15 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from mufax import checkpoints
 from mufax import cluster
 from mufax import compilation
 from mufax import engine
 from mufax import experiment
 from mufax import files
 from mufax import plugins
-from mufax import train
+from mufax import results
+from mufax import run_config
 from mufax.data.errors import DataError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -71,12 +73,12 @@ def main(argv):
       'results', f'{name}-{argument}' if argument else name)
   try:
     records = experiment.run(_CONFIG.value, workdir)
-  except (DataError, experiment.ConfigError, compilation.PopulationTooLarge,
+  except (DataError, run_config.ConfigError, compilation.PopulationTooLarge,
           engine.Diverged, files.WorkdirInUse, files.Unwritable,
-          train.CheckpointError) as e:
+          checkpoints.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  cluster.log(experiment.format_table(records))
+  cluster.log(results.format_table(records))
   cluster.log(f'results in {workdir}/results.json and results.md')
 
 

@@ -87,6 +87,7 @@ from scipy import stats
 import torch
 import torch.nn.functional as F
 
+from mufax import checkpoints
 from mufax import cluster
 from mufax import compilation
 from mufax import engine as engine_lib
@@ -95,6 +96,7 @@ from mufax import files
 from mufax import models
 from mufax import objectives
 from mufax import plans
+from mufax import run_config
 from mufax import sharding
 from mufax import torch_resnet
 from mufax import train
@@ -192,9 +194,9 @@ def load_setup(config, original_dir: str) -> Setup:
     # One original whatever config.population says.
     config = copy.deepcopy(config)
     config.population.size = 1
-    row = experiment.train_from_scratch('original', config, engine=engine,
-                                        workdir=original_dir)
-    source = 'mufax original, ' + experiment.checkpoint_dir(
+    row = train.from_scratch('original', config, engine=engine,
+                             workdir=original_dir)
+    source = 'mufax original, ' + checkpoints.folder(
         config, original_dir, 'original', (config.seed,))
   return Setup(task=task, engine=engine,
                original=sharding.member(row.variables, 0),
@@ -943,9 +945,9 @@ def main(argv):
     torch.set_num_threads(_REFERENCE_THREADS.value)
   try:
     run(_CONFIG.value)
-  except (DataError, ValueError, experiment.ConfigError,
+  except (DataError, ValueError, run_config.ConfigError,
           compilation.PopulationTooLarge, engine_lib.Diverged,
-          train.CheckpointError) as e:
+          checkpoints.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
 

@@ -49,10 +49,12 @@ from torch import nn
 import torch.nn.functional as F
 
 from mufax import conv
+from mufax import conv_formulations
 from mufax import input_pipeline
 from mufax import losses as losses_lib
 from mufax import models
 from mufax import objectives
+from mufax import pooling
 from mufax import torch_resnet
 
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Images per step.')
@@ -231,14 +233,15 @@ def resnet18_convs(image_size: int, batch_size: int):
   """(name, count, input shape, kernel shape, stride) of each convolution."""
   b = batch_size
   convs = [('conv1', 1, (b, image_size, image_size, 3), (7, 7, 3, 64), 2)]
-  h = conv.output_size(conv.output_size(image_size, 7, 2), 3, 2)  # + pool
+  h = conv_formulations.output_size(  # + pool
+      conv_formulations.output_size(image_size, 7, 2), 3, 2)
   cin = 64
   for i, cout in enumerate((64, 128, 256, 512), 1):
     if i > 1:
       convs += [(f'layer{i}_0/conv1', 1, (b, h, h, cin), (3, 3, cin, cout), 2),
                 (f'layer{i}_0/downsample', 1, (b, h, h, cin),
                  (1, 1, cin, cout), 2)]
-      h = conv.output_size(h, 3, 2)
+      h = conv_formulations.output_size(h, 3, 2)
     convs.append((f'layer{i} 3x3/1', 4 if i == 1 else 3, (b, h, h, cout),
                   (3, 3, cout, cout), 1))
     cin = cout
@@ -300,11 +303,11 @@ def _jax_layer_ms(x_shape, kernel_shape, stride, plan, repeats):
 
 
 def _pool_ms(image_size: int, batch_size: int, repeats: int):
-  """fwd+bwd ms of the max pool: flax's, mufax.conv's and torch's."""
-  h = conv.output_size(image_size, 7, 2)
+  """fwd+bwd ms of the max pool: flax's, mufax.pooling's and torch's."""
+  h = conv_formulations.output_size(image_size, 7, 2)
   x = jax.nn.relu(jax.random.normal(jax.random.key(0), (batch_size, h, h, 64)))
-  g = jnp.ones((batch_size, conv.output_size(h, 3, 2),
-                conv.output_size(h, 3, 2), 64))
+  g = jnp.ones((batch_size, conv_formulations.output_size(h, 3, 2),
+                conv_formulations.output_size(h, 3, 2), 64))
 
   def flax_pool(x):
     return flax.linen.max_pool(x, (3, 3), strides=(2, 2),
@@ -312,7 +315,7 @@ def _pool_ms(image_size: int, batch_size: int, repeats: int):
 
   out = {}
   for name, pool in (('flax.linen.max_pool', flax_pool),
-                     ('mufax.conv.cpu_max_pool', conv.cpu_max_pool)):
+                     ('mufax.pooling.cpu_max_pool', pooling.cpu_max_pool)):
     step = jax.jit(lambda x, g, pool=pool: jax.vjp(pool, x)[1](g))
     out[name] = _median_ms(lambda: jax.block_until_ready(step(x, g)), repeats)
   return out
@@ -324,7 +327,7 @@ def layer_table(image_size: int, batch_size: int, repeats: int):
   # PyTorch first: XLA's worker threads, still spinning after a JAX call,
   # slow down PyTorch's next parallel region.
   torch_ms = [_torch_layer_ms(x, k, s, repeats) for _, _, x, k, s in convs]
-  h = conv.output_size(image_size, 7, 2)
+  h = conv_formulations.output_size(image_size, 7, 2)
   x = torch.relu(torch.randn(batch_size, 64, h, h)).requires_grad_()
 
   def torch_pool():

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mufax import conv as conv_lib
+from mufax import pooling
 
 ModuleDef = Any
 # PyTorch's BatchNorm2d defaults: momentum 0.1 (0.9 as Flax counts it), eps 1e-5.
@@ -121,7 +122,7 @@ class ResNet(nn.Module):
   def __call__(self, x, *, train: bool, mask=None):
     conv = functools.partial(self.conv or conv_lib.Conv, dtype=self.dtype,
                              kernel_init=conv_init)
-    pool = self.pool or conv_lib.max_pool
+    pool = self.pool or pooling.max_pool
     norm = functools.partial(BatchNorm, use_running_average=not train)
     x = x.astype(self.dtype)
     x = conv(self.num_filters, 7, 2, name='conv1')(x)
@@ -144,8 +145,8 @@ def for_platform(model: ResNet, platform: str) -> ResNet:
   cpu = platform == 'cpu'
   return model.clone(
       conv=model.conv or (conv_lib.CpuConv if cpu else conv_lib.Conv),
-      pool=model.pool or (conv_lib.cpu_max_pool if cpu
-                          else conv_lib.max_pool))
+      pool=model.pool or (pooling.cpu_max_pool if cpu
+                          else pooling.max_pool))
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2))

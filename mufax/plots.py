@@ -40,6 +40,16 @@ def _log1p_finite(losses) -> np.ndarray:
   return x[np.isfinite(x)]
 
 
+def _label(ax, i: int, text: str, x: float, y: float) -> None:
+  """Writes `text` beside point `i` at (x, y), on a side that turns with `i`:
+  rows that barely change the model sit on top of each other, and turning
+  each label to another side of its point keeps most of them readable."""
+  dx, dy = _LABEL_OFFSETS[i % len(_LABEL_OFFSETS)]
+  ax.annotate(text, (x, y), xytext=(dx, dy), textcoords='offset points',
+              fontsize=7, ha='left' if dx > 0 else 'right',
+              va='bottom' if dy > 0 else 'top')
+
+
 def plot_loss_histograms(losses: Mapping[str, Mapping[str, np.ndarray]],
                          path: str, *, mia: Mapping[str, float] | None = None,
                          title: str = '') -> None:
@@ -142,14 +152,8 @@ def plot_accuracy_vs_forgetting(records: Sequence[Mapping], path: str, *,
     xs = [float(p['forgetting_score']) for p in points]
     ys = [float(p['accuracy']) for p in points]
     ax.scatter(xs, ys, s=36, zorder=3, **style)
-    # Methods that barely change the model sit on top of each other; turning
-    # each label to another side of its point keeps most of them readable.
     for i, (p, x, y) in enumerate(zip(points, xs, ys, strict=True)):
-      dx, dy = _LABEL_OFFSETS[i % len(_LABEL_OFFSETS)]
-      ax.annotate(f'{p["method"]}{suffix}', (x, y), xytext=(dx, dy),
-                  textcoords='offset points', fontsize=7,
-                  ha='left' if dx > 0 else 'right',
-                  va='bottom' if dy > 0 else 'top')
+      _label(ax, i, f'{p["method"]}{suffix}', x, y)
   if records or published:
     ax.legend(loc='best', fontsize=8)
   # A small margin keeps points at 0 forgetting or perfect accuracy visible.
@@ -248,11 +252,7 @@ def plot_accuracy_vs_forget_score(scalars: Mapping[str, Mapping[str, float]],
                 yerr=half if np.isfinite(half) else None,
                 xerr=f_half if np.isfinite(f_half) else None, fmt='o',
                 capsize=3, color='black' if name == 'oracle' else 'tab:blue')
-    dx, dy = _LABEL_OFFSETS[i % len(_LABEL_OFFSETS)]
-    ax.annotate(name, (s['F'], s['test_accuracy']), xytext=(dx, dy),
-                textcoords='offset points', fontsize=7,
-                ha='left' if dx > 0 else 'right',
-                va='bottom' if dy > 0 else 'top')
+    _label(ax, i, name, s['F'], s['test_accuracy'])
   ax.set_xlim(-0.02, 1.02)
   ax.set_xlabel('forget score F against retraining, ± 95% bootstrap interval '
                 '(higher is better)')

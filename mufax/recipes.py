@@ -2,7 +2,7 @@
 
 Keyed by `tasks.Task.family`. `config.original` and `config.retrain` hold
 None for each value; the run takes the value from here unless the config or
-the command line sets it (`experiment.recipe`).
+the command line sets it (`train.recipe_of`).
 """
 
 from __future__ import annotations

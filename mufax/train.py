@@ -1,6 +1,7 @@
-"""Training from scratch (protocol §4): recipes, and `fit`, which trains a
+"""Training from scratch (protocol §4): recipes, `fit`, which trains a
 population of models epoch by epoch through the engine, saving a
-checkpoint at the end of an epoch once `checkpoint_every_s` has passed.
+checkpoint at the end of an epoch once `checkpoint_every_s` has passed, and
+`from_scratch`, the original or retrained population a config asks for.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 
@@ -18,12 +17,21 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mufax import checkpoints
 from mufax import cluster
 from mufax import engine as engine_lib
 from mufax import losses
 from mufax import objectives
 from mufax import optimizers
 from mufax import plans
+from mufax import recipes
+from mufax import run_config
+from mufax import sharding
+from mufax import tasks
+from mufax import unlearning
+
+# What each from-scratch model trains on.
+TRAIN_SPLIT = {'original': 'train', 'retrain': 'retain', 'oracle': 'retain'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +50,22 @@ class Recipe:
     values = {k: v for k, v in dict(config).items() if k in fields}
     values['decay_epochs'] = tuple(values.get('decay_epochs', ()))
     return cls(**values)
+
+
+def recipe_of(config, kind: str) -> Recipe:
+  """Protocol §4's recipe of `kind` for the dataset, with the config's
+  overrides."""
+  family = tasks.task_of(config.data.dataset).family
+  # The oracle is a second retraining, with retraining's recipe.
+  kind = 'retrain' if kind == 'oracle' else kind
+  values = dict(recipes.RECIPES[family][kind])
+  values.update({k: v for k, v in config[kind].items() if v is not None})
+  r = Recipe.from_config(values)
+  if r.epochs < 1 or r.batch_size < 1 or r.learning_rate <= 0:
+    raise run_config.ConfigError(
+        f'config.{kind}: epochs and batch_size must be >= 1 and '
+        f'learning_rate > 0, got {r}.')
+  return r
 
 
 def learning_rate(recipe: Recipe, epoch: int) -> float:
@@ -81,87 +105,35 @@ def member_pools(n: int, masks: np.ndarray | None,
   return [np.flatnonzero(m) for m in masks]
 
 
-def _checkpoint_manager(directory: str) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.abspath(directory),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+def from_scratch(kind: str, config, *, engine: engine_lib.Engine,
+                 workdir: str) -> unlearning.Row:
+  """The original (on train) or retrained (on retain) population of
+  protocol §4, one model per seed.
 
-
-class CheckpointError(ValueError):
-  """A checkpoint folder that cannot be resumed from; the message names it."""
-
-
-def _restore(manager, checkpoint_dir: str, step: int, **items):
-  """One item of checkpoint `step`; a folder that does not read back is
-  refused with its name rather than a traceback."""
-  (name, arg), = items.items()
+  Reuses or resumes the checkpoint of an earlier run with the same settings;
+  the row's seconds are those its epochs took, over all runs that trained it.
+  """
+  r = recipe_of(config, kind)
+  seeds = run_config.seeds_of(config, kind)
+  split = TRAIN_SPLIT[kind]
+  cluster.log(f'{kind}: training on {split} '
+              f'({len(engine.splits[split]["label"])} images)'
+              + (f', {len(seeds)} models' if len(seeds) > 1 else '')
+              + f', {r}')
   try:
-    return manager.restore(step, args=ocp.args.Composite(**{name: arg}))[name]
-  except Exception as e:  # pylint: disable=broad-except
-    raise CheckpointError(
-        f'{checkpoint_dir}: the checkpoint of epoch {step} is corrupt or '
-        f'unreadable ({type(e).__name__}: {str(e)[:200]}); delete that '
-        'folder to train again.') from e
-
-
-class Progress:
-  """A method's progress after each of its finished stages (the population's
-  variables, its gradient measurements and the bookkeeping of its rows), so
-  that a method killed inside resumes after its last finished stage rather
-  than from zero."""
-
-  def __init__(self, directory: str):
-    self.directory = directory
-    self._manager = None
-
-  def _open(self) -> ocp.CheckpointManager:
-    if self._manager is None:
-      self._manager = _checkpoint_manager(self.directory)
-    return self._manager
-
-  def restore(self) -> tuple[int, dict, dict] | None:
-    """(stages finished, arrays, bookkeeping) of the last save, or None."""
-    if not os.path.isdir(self.directory):
-      return None
-    manager = self._open()
-    latest = manager.latest_step()
-    if latest is None:
-      return None
-    meta = _restore(manager, self.directory, latest,
-                    meta=ocp.args.JsonRestore())
-    # Measurements are params-shaped dicts, so the saved tree needs no
-    # target; the arrays come back on the devices they were saved from.
-    arrays = _restore(manager, self.directory, latest,
-                      arrays=ocp.args.StandardRestore())
-    return latest, arrays, meta
-
-  def save(self, finished: int, arrays: dict, meta: dict) -> None:
-    _save(self._open(), self.directory, finished, wait=True,
-          arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta))
-
-  def clear(self) -> None:
-    """Forgets the progress once the method's rows are all written."""
-    if self._manager is not None:
-      self._manager.close()
-      self._manager = None
-    if jax.process_index() == 0:
-      shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _save(manager, checkpoint_dir: str, step: int, *, wait: bool = False,
-          **items) -> None:
-  """Saves checkpoint `step` (waiting for it to be written if `wait`); a
-  save the file system refuses (a full disk) is named with its folder."""
-  try:
-    if items:
-      manager.save(step, args=ocp.args.Composite(**items))
-    if wait or not items:
-      manager.wait_until_finished()
-  except Exception as e:  # pylint: disable=broad-except
-    raise CheckpointError(
-        f'{checkpoint_dir}: checkpoint {step} could not be written '
-        f'({type(e).__name__}: {str(e)[:200]}); the ones before it '
-        'are kept: free space, then run the same command again.') from e
+    state, history = fit(
+        r, engine=engine, split=split, seeds=seeds, eval_split='test',
+        checkpoint_dir=checkpoints.folder(config, workdir, kind, seeds),
+        checkpoint_every_s=config.checkpoint_every_s)
+  except engine_lib.Diverged as e:
+    raise engine_lib.Diverged(f'{kind}: {e}: lower '
+                              f'config.{kind}.learning_rate.') from e
+  return unlearning.Row(
+      kind, state.variables, update_steps=int(sharding.to_host(state.step)[0]),
+      seconds=sum(h['seconds'] for h in history),
+      compile_seconds=sum(h.get('compile_seconds', 0.0) for h in history),
+      flops=sum(h.get('flops', 0.0) for h in history),
+      settings=dataclasses.asdict(r) | {'batch_norm': 'train'})
 
 
 def fit(recipe: Recipe, *, engine: engine_lib.Engine, split: str,
@@ -188,7 +160,7 @@ def fit(recipe: Recipe, *, engine: engine_lib.Engine, split: str,
   pools = member_pools(n, masks, population)
   fingerprint = _fingerprint(recipe, engine, seeds, n, masks)
   update = objectives.Update(objectives.TASK_OBJECTIVE, optimizers.SGD)
-  manager = _checkpoint_manager(checkpoint_dir)
+  manager = checkpoints.open_manager(checkpoint_dir)
   state, history = _start(manager, checkpoint_dir, fingerprint, engine,
                           recipe, seeds)
   rngs = augmentation_keys(seeds)
@@ -215,7 +187,7 @@ def fit(recipe: Recipe, *, engine: engine_lib.Engine, split: str,
                     wait=on_epoch_end is not None)
       if on_epoch_end is not None:
         on_epoch_end(epoch, history[-1])
-    _save(manager, checkpoint_dir, recipe.epochs)
+    checkpoints.save(manager, checkpoint_dir, recipe.epochs)
   except BaseException:
     # What stopped the run is the error to show, not a save left behind.
     with contextlib.suppress(Exception):
@@ -229,10 +201,10 @@ def _save_epoch(manager, checkpoint_dir: str, state, fingerprint: dict,
                 history: list[dict], *, wait: bool) -> None:
   """Saves `state` as the checkpoint of epoch `len(history)`, with what
   resuming it needs."""
-  _save(manager, checkpoint_dir, len(history), wait=wait,
-        state=ocp.args.StandardSave(state),
-        meta=ocp.args.JsonSave({'fingerprint': fingerprint,
-                                'history': history}))
+  checkpoints.save(manager, checkpoint_dir, len(history), wait=wait,
+                   state=ocp.args.StandardSave(state),
+                   meta=ocp.args.JsonSave({'fingerprint': fingerprint,
+                                           'history': history}))
 
 
 def _fingerprint(recipe: Recipe, engine: engine_lib.Engine,
@@ -261,18 +233,18 @@ def _start(manager, checkpoint_dir: str, fingerprint: dict,
   if latest is None:
     return engine.init(tx, seeds), []
   # The fingerprint first: a checkpoint of other shapes would not restore.
-  meta = _restore(manager, checkpoint_dir, latest,
-                  meta=ocp.args.JsonRestore())
+  meta = checkpoints.restore(manager, checkpoint_dir, latest,
+                             meta=ocp.args.JsonRestore())
   saved = dict(meta['fingerprint'])
   saved['model'] = architecture(saved.get('model', ''))
   if saved != json.loads(json.dumps(fingerprint)):
-    raise CheckpointError(
+    raise checkpoints.CheckpointError(
         f'{checkpoint_dir} holds a checkpoint of a different run '
         f'({meta["fingerprint"]}); use another directory or delete it to '
         'start over.')
-  state = _restore(manager, checkpoint_dir, latest,
-                   state=ocp.args.StandardRestore(
-                       engine.abstract_state(tx, len(seeds))))
+  state = checkpoints.restore(manager, checkpoint_dir, latest,
+                              state=ocp.args.StandardRestore(
+                                  engine.abstract_state(tx, len(seeds))))
   cluster.log(f'resuming from the checkpoint of epoch {latest} in '
               f'{checkpoint_dir}')
   return state, meta['history']

@@ -13,9 +13,11 @@ import orbax.checkpoint as ocp
 from absl.testing import absltest
 
 from configs import quickstart
+from mufax import checkpoints
 from mufax import cluster
 from mufax import experiment
 from mufax import optimizers
+from mufax import run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,9 +69,9 @@ class TwoProcessTest(absltest.TestCase):
     config.data.data_dir = data_dir
     task = experiment.load_task(config)
     eng = experiment.make_engine(config, task)
-    seeds = experiment.seeds_of(config, 'original')
+    seeds = run_config.seeds_of(config, 'original')
     self.assertEqual(seeds, (42, 43))
-    folder = experiment.checkpoint_dir(config, workdir, 'original', seeds)
+    folder = checkpoints.folder(config, workdir, 'original', seeds)
     with ocp.CheckpointManager(folder) as manager:
       return manager.restore(1, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(eng.abstract_state(

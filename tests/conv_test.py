@@ -4,12 +4,12 @@ from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mufax import conv
+from mufax import conv_formulations
 
 # (map size, kernel, stride, in, out): every kind of ResNet-18 convolution
 # (7x7/2 stem, 3x3/1, 3x3/2, 1x1/2) on maps down to 1x1, odd sizes included.
@@ -41,8 +41,10 @@ def _inputs(size, kernel_size, stride, cin, cout, batch=2, dtype=jnp.float32):
   # Scaled so that outputs are O(1) and an absolute tolerance means something.
   kernel = (rng.standard_normal((kernel_size, kernel_size, cin, cout))
             / np.sqrt(kernel_size**2 * cin))
-  out_shape = (batch, conv.output_size(size, kernel_size, stride),
-               conv.output_size(size + 1, kernel_size, stride), cout)
+  out_shape = (batch,
+               conv_formulations.output_size(size, kernel_size, stride),
+               conv_formulations.output_size(size + 1, kernel_size, stride),
+               cout)
   g = rng.standard_normal(out_shape)
   return tuple(jnp.asarray(a, dtype) for a in (x, kernel, g))
 
@@ -93,7 +95,7 @@ class FormulationTest(parameterized.TestCase):
     batch, budget = batch_and_budget
     x, kernel, g = _inputs(5, 3, 1, 4, 3, batch=batch)
     plan = conv.Formulations(formulation, formulation, formulation)
-    with mock.patch.object(conv, '_CHUNK_BYTES', budget):
+    with mock.patch.object(conv_formulations, '_CHUNK_BYTES', budget):
       chunked = _output_and_grads(x, kernel, g, 1, plan)
     _assert_close(self, chunked,
                   _output_and_grads(x, kernel, g, 1, conv.ALL_NATIVE),
@@ -207,16 +209,16 @@ class PlanTest(parameterized.TestCase):
 
   @parameterized.parameters(32, 64, 96, 128, 224)
   def test_resnet18_shapes_are_supported(self, image_size):
-    h = conv.output_size(image_size, 7, 2)
+    h = conv_formulations.output_size(image_size, 7, 2)
     shapes = [((64, image_size, image_size, 3), (7, 7, 3, 64), 2)]
-    h = conv.output_size(h, 3, 2)
+    h = conv_formulations.output_size(h, 3, 2)
     cin = 64
     for cout in (64, 128, 256, 512):
       stride = 1 if cout == 64 else 2
       shapes.append(((64, h, h, cin), (3, 3, cin, cout), stride))
       if stride == 2:
         shapes.append(((64, h, h, cin), (1, 1, cin, cout), 2))
-      h = conv.output_size(h, 3, stride)
+      h = conv_formulations.output_size(h, 3, stride)
       shapes.append(((64, h, h, cout), (3, 3, cout, cout), 1))
       cin = cout
     for x_shape, kernel_shape, stride in shapes:
@@ -255,42 +257,11 @@ class PlanTest(parameterized.TestCase):
   def test_output_size_is_torchs(self):
     for size in range(1, 12):
       for k, s in ((7, 2), (3, 1), (3, 2), (1, 2)):
-        y = jax.eval_shape(lambda x, kernel: conv._native(x, kernel, s),
-                           jnp.zeros((1, size, size, 1)),
-                           jnp.zeros((k, k, 1, 1)))
+        y = jax.eval_shape(
+            lambda x, kernel: conv_formulations.native(x, kernel, s),
+            jnp.zeros((1, size, size, 1)), jnp.zeros((k, k, 1, 1)))
         self.assertEqual(y.shape[1], (size + 2 * (k // 2) - k) // s + 1)
-        self.assertEqual(y.shape[1], conv.output_size(size, k, s))
-
-
-class MaxPoolTest(parameterized.TestCase):
-
-  @parameterized.product(size=((1, 1), (2, 3), (7, 9), (8, 8)),
-                         pool=('max_pool', 'cpu_max_pool'))
-  def test_matches_flax(self, size, pool):
-    h, w = size
-    # After a ReLU many windows tie at 0: the gradient must go to the first
-    # maximum, as flax's (and torch's) does.
-    x = np.maximum(np.random.default_rng(0).standard_normal((2, h, w, 3)), 0)
-    x[0, :, :2] = 1
-    x = jnp.asarray(x, jnp.float32)
-
-    def flax_pool(x):
-      return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-
-    y, vjp = jax.vjp(jax.jit(getattr(conv, pool)), x)
-    y_flax, vjp_flax = jax.vjp(flax_pool, x)
-    g = jnp.asarray(np.random.default_rng(1).standard_normal(y.shape),
-                    jnp.float32)
-    np.testing.assert_array_equal(y, y_flax)
-    np.testing.assert_allclose(vjp(g)[0], vjp_flax(g)[0], rtol=1e-6,
-                               atol=1e-6)
-
-  def test_bfloat16(self):
-    x = jnp.ones((2, 5, 5, 3), jnp.bfloat16)
-    y, grad = jax.jit(lambda x: (lambda y, vjp: (y, vjp(y)[0]))(
-        *jax.vjp(conv.cpu_max_pool, x)))(x)
-    self.assertEqual(y.dtype, jnp.bfloat16)
-    self.assertEqual(grad.dtype, jnp.bfloat16)
+        self.assertEqual(y.shape[1], conv_formulations.output_size(size, k, s))
 
 
 class ConvModuleTest(parameterized.TestCase):
@@ -310,7 +281,7 @@ class ConvModuleTest(parameterized.TestCase):
       return jnp.sum(jnp.sin(apply(params, x)))
 
     def native(params, x):
-      return conv._native(x, params['kernel'], 2)
+      return conv_formulations.native(x, params['kernel'], 2)
 
     actual = jax.jit(jax.grad(loss, (0, 1)), static_argnums=2)(
         {'kernel': kernel}, x,

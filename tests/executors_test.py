@@ -11,6 +11,7 @@ from mufax import conv
 from mufax import engine
 from mufax import executors
 from mufax import models
+from mufax import pooling
 from mufax import train
 
 
@@ -55,12 +56,12 @@ class ExecutorTest(absltest.TestCase):
     gpu = tiny_engine([FakeDevice('gpu')])
     self.assertEqual((gpu.platform, gpu.executor), ('gpu', executors.LOOP))
     self.assertIs(gpu.model.conv, conv.Conv)
-    self.assertIs(gpu.model.pool, conv.max_pool)
+    self.assertIs(gpu.model.pool, pooling.max_pool)
     # All members at once: the one-by-one default is for XLA's CPU.
     self.assertIsNone(gpu.members_per_call)
     cpu = tiny_engine(jax.devices()[:1])
     self.assertEqual((cpu.platform, cpu.executor), ('cpu', executors.HOST))
-    self.assertIs(cpu.model.pool, conv.cpu_max_pool)
+    self.assertIs(cpu.model.pool, pooling.cpu_max_pool)
     self.assertEqual(cpu.members_per_call, 1)
     # What is traced: CPU's custom gradients, or none of them.
     self.assertIn('custom_vjp_call', primitives(cpu.model))

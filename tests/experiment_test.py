@@ -15,12 +15,14 @@ from absl.testing import absltest
 from PIL import Image
 
 from configs import quickstart
+from mufax import checkpoints
 from mufax import engine
 from mufax import experiment
 from mufax import files
 from mufax import metrics
 from mufax import published
-from mufax import train
+from mufax import results
+from mufax import run_config
 from mufax import unlearning
 from mufax.data.errors import DataError
 
@@ -154,17 +156,17 @@ class RunTest(absltest.TestCase):
         ('methods', '', 'choose from'), ('protocol', 'tidy', 'tidy')):
       bad = config.copy_and_resolve_references()
       bad[field] = value
-      with self.assertRaisesRegex(experiment.ConfigError, message):
+      with self.assertRaisesRegex(run_config.ConfigError, message):
         experiment.run(bad, self.create_tempdir().full_path)
     bad = config.copy_and_resolve_references()
     bad.engine.executor = 'gpu'
-    with self.assertRaisesRegex(experiment.ConfigError,
+    with self.assertRaisesRegex(run_config.ConfigError,
                                 r"config\.engine\.executor='gpu': choose one "
                                 'of auto, host, loop'):
       experiment.run(bad, self.create_tempdir().full_path)
     bad = config.copy_and_resolve_references()
     bad.unlearn.cf_k.k = 9
-    with self.assertRaisesRegex(experiment.ConfigError,
+    with self.assertRaisesRegex(run_config.ConfigError,
                                 r'config\.unlearn\.cf_k\.k=9: must be at most 6'):
       experiment.run(bad, self.create_tempdir().full_path)
 
@@ -204,10 +206,10 @@ class RunTest(absltest.TestCase):
     config.original.epochs = 1
     config.original.decay_epochs = ()
     experiment.run(config, workdir)
-    folder = experiment.checkpoint_dir(config, workdir, 'original', (42,))
+    folder = checkpoints.folder(config, workdir, 'original', (42,))
     wider = config.copy_and_resolve_references()
     wider.model.num_filters = 16
-    with self.assertRaisesRegex(train.CheckpointError,
+    with self.assertRaisesRegex(checkpoints.CheckpointError,
                                 f'{folder} holds a checkpoint of a different '
                                 'run'):
       experiment.run(wider, workdir)
@@ -218,7 +220,7 @@ class RunTest(absltest.TestCase):
     # results.json's row is reused without the checkpoint; a new table
     # needs the model and finds it unreadable.
     config.original.epochs = 2
-    with self.assertRaisesRegex(train.CheckpointError,
+    with self.assertRaisesRegex(checkpoints.CheckpointError,
                                 f'{folder}: the checkpoint of epoch 1 is '
                                 'corrupt or unreadable'):
       experiment.run(config, workdir)
@@ -236,7 +238,7 @@ class RunTest(absltest.TestCase):
 
     larger = config.copy_and_resolve_references()
     larger.data.image_size = 64
-    with self.assertRaisesRegex(experiment.ConfigError,
+    with self.assertRaisesRegex(run_config.ConfigError,
                                 'image_size=64 is larger than the stored '
                                 '32x32 images'):
       experiment.run(larger, self.create_tempdir().full_path)
@@ -249,7 +251,7 @@ class RunTest(absltest.TestCase):
     config.methods = 'original,finetune'
     # The disk fills while results.json is written, then while a checkpoint
     # is.
-    with mock.patch.object(experiment.json, 'dump', side_effect=full):
+    with mock.patch.object(results.json, 'dump', side_effect=full):
       with self.assertRaisesRegex(
           files.Unwritable, f'{workdir}/results.json could not be written '
           r'\(No space left on device\); it keeps what it held'):
@@ -259,12 +261,12 @@ class RunTest(absltest.TestCase):
     config.methods = 'original,retrain'
     # Saved after every epoch: the first save is the one the full disk fails.
     config.checkpoint_every_s = 0.0
-    with mock.patch.object(train.ocp.CheckpointManager, 'save',
+    with mock.patch.object(checkpoints.ocp.CheckpointManager, 'save',
                            side_effect=full):
       with self.assertRaisesRegex(
-          train.CheckpointError, r'-retrain-paper-seed43: checkpoint 1 could '
-          r'not be written \(OSError: .*No space left on device\); the ones '
-          'before it are kept'):
+          checkpoints.CheckpointError, r'-retrain-paper-seed43: checkpoint 1 '
+          r'could not be written \(OSError: .*No space left on device\); the '
+          'ones before it are kept'):
         experiment.run(config, workdir)
     # Run again with room: the rows written are reused.
     config.methods = 'original,finetune'
@@ -301,7 +303,7 @@ class RunTest(absltest.TestCase):
          'width 8'),
         ('/no/such/folder', 'config.original.checkpoint=/no/such/folder')):
       config.original.checkpoint = folder
-      with self.assertRaisesRegex(experiment.ConfigError, message):
+      with self.assertRaisesRegex(run_config.ConfigError, message):
         experiment.run(config, self.create_tempdir().full_path)
 
     config.original.checkpoint = converted(8, 32)
@@ -466,9 +468,9 @@ class ConfigsTest(absltest.TestCase):
         self.assertIn(f'{dataset}_{method}', names)
     for name in names:
       config = importlib.import_module(f'configs.{name}').get_config()
-      self.assertTrue(experiment.method_names(config), name)
+      self.assertTrue(run_config.method_names(config), name)
     self.assertEqual(
-        experiment.method_names(importlib.import_module(
+        run_config.method_names(importlib.import_module(
             'configs.mufac_all').get_config()),
         list(unlearning.PAPER_TABLE))
 
@@ -488,7 +490,7 @@ class TableTest(absltest.TestCase):
               'mia': 0.6, 'forgetting_score': 0.1, 'nomus': 0.65,
               'loss_auc': 0.55, 'update_steps': 316, 'wall_seconds': 12.0,
               'published': published.published('mufac/paper', 'scrub')}
-    table = experiment.format_table([record])
+    table = results.format_table([record])
     header, _, row = table.splitlines()
     self.assertIn('paper NoMUS', header)
     self.assertTrue(row.endswith('| 0.5984 | 0.8745 | 0.1415 | 0.6576 |'))

@@ -12,6 +12,7 @@ import experiment_test
 from mufax import evaluators
 from mufax import experiment
 from mufax import plugins
+from mufax import run_config
 from mufax import unlearning
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +68,7 @@ class PluginTest(absltest.TestCase):
     self.assertGreater(np.abs(forget[0] - forget[1]).max(), 1e-3)
     extended = config.copy_and_resolve_references()
     extended.methods = 'extended'
-    self.assertIn('uniform_forget', experiment.method_names(extended))
+    self.assertIn('uniform_forget', run_config.method_names(extended))
 
   def test_a_loaded_plugin_is_gone_after_its_test(self):
     restore = registries_restorer()
@@ -115,7 +116,7 @@ class PluginTest(absltest.TestCase):
     config.unlearn = unlearning.hparams_config()
     config.methods = 'original,twice'
     workdir = self.create_tempdir().full_path
-    with self.assertRaises(experiment.ConfigError) as refused:
+    with self.assertRaises(run_config.ConfigError) as refused:
       experiment.run(config, workdir)
     self.assertEqual(
         str(refused.exception),
@@ -128,11 +129,11 @@ class PluginTest(absltest.TestCase):
   def test_a_missing_plugin_is_named(self):
     config = experiment_test.tiny_config(self.create_tempdir().full_path)
     config.plugins = 'no/such_method.py'
-    with self.assertRaisesRegex(experiment.ConfigError,
+    with self.assertRaisesRegex(run_config.ConfigError,
                                 "no file 'no/such_method.py'"):
       experiment.run(config, self.create_tempdir().full_path)
     config.plugins = 'no_such_module'
-    with self.assertRaisesRegex(experiment.ConfigError,
+    with self.assertRaisesRegex(run_config.ConfigError,
                                 "cannot import 'no_such_module'"):
       experiment.run(config, self.create_tempdir().full_path)
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from configs import quickstart_population
 from mufax import evaluation
-from mufax import experiment
+from mufax import run_config
 
 N_MODELS, N_EXAMPLES, N_PEOPLE = 16, 500, 50
 
@@ -61,7 +61,7 @@ class SeedStreamsTest(parameterized.TestCase):
     config = quickstart_population.get_config()
     config.population.size = size
     config.population.shared_original = shared
-    streams = {kind: set(experiment.seeds_of(config, kind))
+    streams = {kind: set(run_config.seeds_of(config, kind))
                for kind in ('original', 'method', 'retrain', 'oracle')}
     self.assertLen(streams['method'], size)
     self.assertLen(streams['retrain'], size)

@@ -21,13 +21,13 @@ from typing import Any
 import jax
 import numpy as np
 
+from mufax import checkpoints
 from mufax import cluster
 from mufax import engine as engine_lib
 from mufax import gradient_sums
 from mufax import objectives as objectives_lib
 from mufax import optimizers
 from mufax import plans
-from mufax import train
 
 METHODS: dict[str, Method] = {}
 
@@ -151,11 +151,11 @@ class Context:
   # `Hparams` (None or absent keeps the default).
   hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   # Trains a protocol §4 population ('retrain', for `retrain`), or reuses its
-  # checkpoint; returns (state, seconds its epochs took, recipe as a dict,
-  # history).
-  train_from_scratch: Callable[[str], tuple] | None = None
-  # Where a method saves its progress after each stage (train.Progress), so
-  # that a killed run resumes inside it; None saves nothing.
+  # checkpoint, and returns its row (`train.from_scratch`).
+  train_from_scratch: Callable[[str], Row] | None = None
+  # Where a method saves its progress after each stage
+  # (checkpoints.Progress), so that a killed run resumes inside it; None
+  # saves nothing.
   progress_dir: str | None = None
 
   @property
@@ -343,7 +343,8 @@ class SGDMethod(Method):
     engine = ctx.engine
     population = len(ctx.seeds)
     per_member = [self.stages(ctx.for_seed(s)) for s in ctx.seeds]
-    progress = train.Progress(ctx.progress_dir) if ctx.progress_dir else None
+    progress = (checkpoints.Progress(ctx.progress_dir) if ctx.progress_dir
+                else None)
     variables, measurements, done = self._resume(
         ctx, progress, original, len(per_member[0]))
     teachers = None
