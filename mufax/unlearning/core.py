@@ -164,10 +164,10 @@ class Context:
   protocol: str
   # {'forget', 'retain', ...} -> {'label', ...}: what plans are made from.
   data: Mapping[str, Mapping[str, np.ndarray]]
+  # One seed per member of the population (the run's: config.seed + k).
+  seeds: tuple[int, ...]
   # Runs the stages; None where only plans are wanted.
   engine: engine_lib.Engine | None = None
-  # One seed per member of the population.
-  seeds: tuple[int, ...] = (42,)
   # Classes of a softmax task, attributes of a sigmoid one.
   num_outputs: int = 0
   # Values of `config.unlearn.<method>`: overrides of the method's
