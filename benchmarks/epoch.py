@@ -82,6 +82,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from configs import default
 from mufax import cluster
 from mufax import compilation
 from mufax import engine as engine_lib
@@ -184,9 +185,10 @@ class MufaxSide:
   them (without checkpoints)."""
 
   def __init__(self, splits, image_size: int):
-    self.engine = engine_lib.Engine(models.ResNet18(num_outputs=NUM_OUTPUTS),
-                                    loss='softmax', splits=splits,
-                                    image_size=image_size)
+    self.engine = engine_lib.Engine(
+        models.ResNet18(num_outputs=NUM_OUTPUTS), loss='softmax',
+        splits=splits, log_every_s=default.get_config().log_every_s,
+        image_size=image_size)
     self.timer = TimedCompiler(self.engine.compiler)
     self.engine.compiler = self.timer
     self.seeds = [SEED]

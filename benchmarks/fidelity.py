@@ -954,7 +954,8 @@ def main(argv):
 
 def run(config) -> None:
   """The command: every --methods method, both sides, and the reports."""
-  if config.unlearn.to_dict() != unlearning.hparams_config().to_dict():
+  if (unlearning.hparams_config(config.unlearn.to_dict())
+      != unlearning.hparams_config({})):
     raise app.UsageError('config.unlearn is changed: the harness runs '
                          'protocol §5\'s hyperparameters on both sides.')
   if _SEEDS.value < 2:

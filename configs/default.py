@@ -1,9 +1,27 @@
-"""Base config of every run; variants import it and override fields."""
+"""Base config of every run; variants import it and override fields.
+
+It holds values and knows no method: a run checks config.unlearn against the
+methods registered when it starts (plugins included), and run_main.py
+refuses a field this config does not have.
+"""
 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from mufax import unlearning
+
+class MethodSections(ml_collections.ConfigDict):
+  """`config.unlearn`: a section per method, made when first named, so that
+  `--config.unlearn.<method>.<name>=...` sets a hyperparameter of any method,
+  a plugin's too: ml_collections adds new fields on the command line but not
+  new sections. Only attribute access makes one (`get` and `[]` do not), so
+  that reading the config never changes it."""
+
+  def __getattr__(self, attribute):
+    # Dunder and private names are Python's and ml_collections' own probes.
+    if (not attribute.startswith('_') and attribute not in self
+        and not self.is_locked):
+      self[attribute] = ml_collections.ConfigDict()
+    return super().__getattr__(attribute)
 
 
 def recipe_overrides() -> ml_collections.ConfigDict:
@@ -51,15 +69,13 @@ def get_config() -> ml_collections.ConfigDict:
   # model, instead of one trained here.
   config.original.checkpoint = ''
   config.retrain = recipe_overrides()
-  # Each method's hyperparameters (docs/protocol.md §5), as the method
-  # declares them: config.unlearn.<method>.<name>, e.g.
-  # --config.unlearn.scrub.lr=0.002. None keeps the reference's value for
-  # the task.
-  config.unlearn = unlearning.hparams_config()
+  # Hyperparameters that differ from a method's defaults (docs/protocol.md
+  # §5.2): config.unlearn.<method>.<name>, e.g.
+  # --config.unlearn.scrub.lr=0.002; a method without a section runs with
+  # its defaults.
+  config.unlearn = MethodSections()
   # Comma-separated .py files or module names that register more methods
-  # or evaluators (README "Your own method"). On the command line they are
-  # loaded before the config is made, so their hyperparameters are in
-  # config.unlearn too.
+  # or evaluators (README "Your own method"), loaded when the run starts.
   config.plugins = ''
 
   # Every row is a population of models, one per seed config.seed + k
@@ -86,22 +102,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.protocol = 'paper'  # or clean (protocol §8)
   config.lam = 0.5  # NoMUS weight λ of accuracy
   config.seed = 42
+  # Seconds between progress lines; the host also looks at a compiled loop
+  # about this often.
   config.log_every_s = 30.0
   return config
 
-
-def for_dataset(dataset: str, methods: str) -> ml_collections.ConfigDict:
-  """The base config, on `dataset`, producing the rows `methods`."""
-  config = get_config()
-  config.data.dataset = dataset
-  config.methods = methods
-  return config
-
-
-def mucac(task: str, methods: str) -> ml_collections.ConfigDict:
-  """MUCAC on `task`, the config argument (`configs/mucac_scrub.py:gender`).
-
-  An unknown task is refused by the run, as any unknown dataset, in one line
-  that lists the known ones.
-  """
-  return for_dataset(f'mucac/{task}', methods)

@@ -2,10 +2,10 @@
 evaluation (docs/evaluation.md): an accelerator job. On a CPU it starts,
 prints its mesh and memory plan, and trains far too slowly to finish."""
 
-from configs import mufac_all
+from configs import paper
 
 
 def get_config():
-  config = mufac_all.get_config()
+  config = paper.get_config('mufac,all')
   config.population.size = 64
   return config

@@ -1,7 +1,8 @@
-"""MUFAC (paper splits): SCRUB (protocol §5) beside the original."""
+"""MUFAC (paper splits): SCRUB (protocol §5) beside the original; the same
+as configs/paper.py:mufac,original,scrub."""
 
-from configs import default
+from configs import paper
 
 
 def get_config():
-  return default.for_dataset('mufac/paper', 'original,scrub')
+  return paper.get_config('mufac,original,scrub')

@@ -106,7 +106,7 @@ class Engine:
 
   def __init__(self, model: nn.Module, *, loss: str,
                splits: Mapping[str, Mapping[str, np.ndarray]],
-               image_size: int | None = None, log_every_s: float = 30.0,
+               log_every_s: float, image_size: int | None = None,
                memory_limit: int | None = None, devices=None,
                members_per_call: int | None = None, executor: str = 'auto'):
     if loss not in losses.LOSSES:

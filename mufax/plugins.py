@@ -11,7 +11,6 @@ import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Sequence
 
 
 class PluginError(ValueError):
@@ -35,8 +34,8 @@ def _load_one(plugin: str) -> None:
     if not os.path.isfile(path):
       raise PluginError(f'config.plugins: no file {plugin!r}; give the path '
                         'of a .py file or an importable module name.')
-    # One module per file, so a second load (the command line's, then the
-    # run's) registers nothing twice.
+    # One module per file, so a second load (of a second run in the same
+    # process) registers nothing twice.
     module_name = 'mufax_plugin_' + ''.join(
         c if c.isalnum() else '_' for c in path)
     if module_name in sys.modules:
@@ -58,18 +57,3 @@ def _load_one(plugin: str) -> None:
                       'the path of a .py file or an importable module '
                       'name.') from e
 
-
-def from_command_line(argv: Sequence[str]) -> str:
-  """The value of `--config.plugins` in `argv`, or ''.
-
-  The entry point loads plugins before the config is made, so that their
-  methods' hyperparameters are in `config.unlearn` for the command line to
-  set.
-  """
-  value = ''
-  for i, arg in enumerate(argv):
-    if arg.startswith('--config.plugins='):
-      value = arg.split('=', 1)[1]
-    elif arg == '--config.plugins' and i + 1 < len(argv):
-      value = argv[i + 1]
-  return value

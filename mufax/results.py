@@ -21,6 +21,7 @@ from mufax import files
 from mufax import plots
 from mufax import published
 from mufax import run_config
+from mufax import unlearning
 from mufax.evaluators import base as evaluator_base
 from mufax.evaluators import intervals
 
@@ -58,6 +59,8 @@ def comparable_config(config: dict) -> dict:
     config.pop(key, None)
   for key in ('device_memory_gb', 'members_per_call'):
     config.get('population', {}).pop(key, None)
+  # A hyperparameter set to its default changes no result.
+  config['unlearn'] = unlearning.hparams_config(config.get('unlearn', {}))
   return config
 
 

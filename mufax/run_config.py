@@ -113,10 +113,8 @@ def check_config(config) -> list[str]:
     raise ConfigError('config.population.members_per_call='
                       f'{config.population.members_per_call} must be at least '
                       '0 (0: the device\'s default).')
-  for name, section in config.unlearn.items():
-    if name in unlearning.METHODS:
-      try:
-        unlearning.METHODS[name].Hparams.from_overrides(section.to_dict())
-      except ValueError as e:
-        raise ConfigError(f'config.unlearn.{name}.{e}') from e
+  try:
+    unlearning.check_config(config.unlearn.to_dict())
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
   return method_names(config)

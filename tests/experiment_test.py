@@ -14,6 +14,9 @@ import numpy as np
 from absl.testing import absltest
 from PIL import Image
 
+from configs import default
+from configs import mufac_scrub
+from configs import paper
 from configs import quickstart
 from mufax import checkpoints
 from mufax import engine
@@ -164,11 +167,37 @@ class RunTest(absltest.TestCase):
                                 r"config\.engine\.executor='gpu': choose one "
                                 'of auto, host, loop'):
       experiment.run(bad, self.create_tempdir().full_path)
-    bad = config.copy_and_resolve_references()
-    bad.unlearn.cf_k.k = 9
-    with self.assertRaisesRegex(run_config.ConfigError,
-                                r'config\.unlearn\.cf_k\.k=9: must be at most 6'):
-      experiment.run(bad, self.create_tempdir().full_path)
+    for method, name, value, message in (
+        ('cf_k', 'k', 9, r'config\.unlearn\.cf_k\.k=9: must be at most 6\.$'),
+        ('scrb', 'lr', 0.1,
+         r"^config\.unlearn\.scrb: no method 'scrb' is registered; the "
+         r'methods with hyperparameters are finetune, .*, unsir \(a method '
+         r'of your own: name its file in config\.plugins\)\.$'),
+        ('retrain', 'epochs', 3, r'^config\.unlearn\.retrain\.epochs: no such '
+         r'hyperparameter; the method has none\.$'),
+        ('scrub', 'lrr', 0.1, r'^config\.unlearn\.scrub\.lrr: no such '
+         r'hyperparameter; choose from batch_size, lr, epochs, '
+         r'temperature\.$'),
+        ('scrub', 'lr', 'fast', r"^config\.unlearn\.scrub\.lr='fast': must be "
+         r'of type float\.$'),
+        ('scrub', 'epochs', 1.5, r'^config\.unlearn\.scrub\.epochs=1\.5: must '
+         r'be of type int\.$'),
+        ('finetune', 'lr', True, r'^config\.unlearn\.finetune\.lr=True: must '
+         r'be of type float\.$')):
+      bad = config.copy_and_resolve_references()
+      bad.unlearn[method] = {name: value}
+      with self.assertRaisesRegex(run_config.ConfigError, message):
+        experiment.run(bad, self.create_tempdir().full_path)
+
+  def test_a_hyperparameter_at_its_default_changes_no_setting(self):
+    config = tiny_config(self.create_tempdir().full_path)
+    digest = results.settings_digest(config)
+    # An int for a float, or a default given, changes no result.
+    config.unlearn.finetune.lr = 0.001
+    config.unlearn.scrub.temperature = 4
+    self.assertEqual(results.settings_digest(config), digest)
+    config.unlearn.finetune.lr = 0.002
+    self.assertNotEqual(results.settings_digest(config), digest)
 
   def test_divergence_is_a_result_and_the_run_goes_on(self):
     data_dir = self.create_tempdir().full_path
@@ -462,25 +491,51 @@ class ConfigsTest(absltest.TestCase):
   def test_every_config_names_known_methods(self):
     names = [f[:-3] for f in os.listdir(os.path.join(REPO, 'configs'))
              if f.endswith('.py') and f not in ('__init__.py', 'default.py')]
-    for dataset in ('mufac', 'mucac'):
-      for method in ('original', 'retrain', 'finetune', 'cf3', 'neggrad',
-                     'advanced_neggrad', 'unsir', 'scrub', 'all'):
-        self.assertIn(f'{dataset}_{method}', names)
     for name in names:
       config = importlib.import_module(f'configs.{name}').get_config()
       self.assertTrue(run_config.method_names(config), name)
-    self.assertEqual(
-        run_config.method_names(importlib.import_module(
-            'configs.mufac_all').get_config()),
-        list(unlearning.PAPER_TABLE))
+    self.assertEqual(run_config.method_names(paper.get_config()),
+                     list(unlearning.PAPER_TABLE))
 
-  def test_mucac_task_argument(self):
-    scrub = importlib.import_module('configs.mucac_scrub')
-    self.assertEqual(scrub.get_config().data.dataset, 'mucac/multilabel')
-    self.assertEqual(scrub.get_config('gender').data.dataset, 'mucac/gender')
+  def test_paper_gives_each_one_line_config_it_replaced(self):
+    # configs/<family>_<rows>.py[:<task>] was the base config on the
+    # family's paper dataset (MUCAC's task from the argument) with these
+    # methods.
+    replaced = {'original': 'original', 'retrain': 'retrain',
+                'finetune': 'original,finetune', 'cf3': 'original,cf_k',
+                'neggrad': 'original,neggrad',
+                'advanced_neggrad': 'original,advanced_neggrad',
+                'unsir': 'original,unsir', 'scrub': 'original,scrub',
+                'all': 'all'}
+    for rows, methods in replaced.items():
+      for family, dataset in (('mufac', 'mufac/paper'),
+                              ('mucac', 'mucac/multilabel'),
+                              ('mucac/gender', 'mucac/gender'),
+                              ('mucac/young', 'mucac/young')):
+        expected = default.get_config()
+        expected.data.dataset = dataset
+        expected.methods = methods
+        self.assertEqual(paper.get_config(f'{family},{methods}').to_dict(),
+                         expected.to_dict(), f'{family}_{rows}')
+    self.assertEqual(mufac_scrub.get_config().to_dict(),
+                     paper.get_config('mufac,original,scrub').to_dict())
+    self.assertEqual(paper.get_config('mucac').methods, 'all')
+
+  def test_an_unknown_dataset_is_named(self):
     with self.assertRaisesRegex(DataError, "Unknown dataset 'mucac/age'.*"
                                            'mucac/smiling'):
-      experiment.run(scrub.get_config('age'), self.create_tempdir().full_path)
+      experiment.run(paper.get_config('mucac/age,original,scrub'),
+                     self.create_tempdir().full_path)
+
+  def test_a_method_section_is_made_by_naming_it_not_by_reading(self):
+    config = default.get_config()
+    self.assertIsNone(config.unlearn.get('scrub'))
+    self.assertNotIn('scrub', config.unlearn)
+    config.unlearn.scrub.lr = 0.002
+    self.assertEqual(config.unlearn.to_dict(), {'scrub': {'lr': 0.002}})
+    config.lock()
+    with self.assertRaises(AttributeError):
+      config.unlearn.finetune  # pylint: disable=pointless-statement
 
 
 class TableTest(absltest.TestCase):

@@ -48,10 +48,9 @@ class PluginTest(absltest.TestCase):
     config = experiment_test.tiny_config(self.create_tempdir().full_path)
     config.plugins = EXAMPLE
     plugins.load(config.plugins)
-    # Loading it again (the command line's load, then the run's) is a no-op.
+    # Loading it again (a second run's) is a no-op.
     plugins.load(config.plugins)
-    config.unlearn = unlearning.hparams_config()
-    config.unlearn.uniform_forget.weight = 2.0
+    config.unlearn.uniform_forget.weight = 2
     config.methods = 'original,uniform_forget'
     workdir = self.create_tempdir().full_path
     records = experiment.run(config, workdir)
@@ -86,8 +85,8 @@ class PluginTest(absltest.TestCase):
       self.assertIn(f.read(), doc.read())
 
   def test_command_line_sets_a_plugin_hyperparameter(self):
-    # The value is refused by the plugin's own Hparams, which only exist
-    # in config.unlearn if the plugin was loaded before the config was made.
+    # The value reaches the plugin's own Hparams, loaded when the run
+    # starts, which refuse it (the command line gives an int: -1).
     result = subprocess.run(
         [sys.executable, 'run_main.py', '--config=configs/quickstart.py',
          f'--config.plugins={EXAMPLE}',
@@ -113,7 +112,6 @@ class PluginTest(absltest.TestCase):
                                  bn_train=True, epochs=1)] * 2
 
     config = experiment_test.tiny_config(self.create_tempdir().full_path)
-    config.unlearn = unlearning.hparams_config()
     config.methods = 'original,twice'
     workdir = self.create_tempdir().full_path
     with self.assertRaises(run_config.ConfigError) as refused:

@@ -45,7 +45,7 @@ def sized_context(task, n_forget, n_retain, protocol='paper', **hparams):
           'retain': {'label': np.zeros(n_retain)}}
   return unlearning.Context(
       loss='sigmoid' if task == 'multilabel' else 'softmax', task=task,
-      protocol=protocol, data=data, hparams=hparams)
+      protocol=protocol, data=data, seeds=(42,), hparams=hparams)
 
 
 def step_counts(ctx, method):

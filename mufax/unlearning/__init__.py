@@ -9,10 +9,11 @@ exports everything a method needs (its base classes, objectives, optimizers
 and plans), so a plugin imports from here alone.
 """
 
+import dataclasses
 import importlib
 import pkgutil
-
-import ml_collections
+from collections.abc import Mapping
+from typing import Any
 
 # What a method needs, in one place: a plugin imports from here.
 from mufax.objectives import Forward
@@ -51,18 +52,48 @@ PAPER_TABLE = ('original', 'retrain', 'finetune', 'cf_k', 'neggrad', 'unsir',
                'scrub', 'advanced_neggrad')
 
 
-def hparams_config() -> ml_collections.ConfigDict:
-  """`config.unlearn`: a section per registered method that has
-  hyperparameters, holding their defaults."""
-  return ml_collections.ConfigDict({
-      name: method.Hparams.config_fields()
-      for name, method in METHODS.items()
-      if method.Hparams.config_fields()})
+def check_config(unlearn: Mapping[str, Any]) -> None:
+  """Refuses a `config.unlearn` (as a dict) whose sections name no
+  registered method, or name a field the method does not declare or give it
+  a value it cannot take.
+
+  Raises:
+    ValueError: one line naming the field, what it may be and what to do.
+  """
+  for name, section in unlearn.items():
+    if name not in METHODS:
+      raise ValueError(
+          f'config.unlearn.{name}: no method {name!r} is registered; the '
+          'methods with hyperparameters are '
+          f'{", ".join(n for n, m in METHODS.items() if _declares(m))} '
+          '(a method of your own: name its file in config.plugins).')
+    if not isinstance(section, Mapping):
+      raise ValueError(f'config.unlearn.{name}={section!r}: give each '
+                       f'hyperparameter as config.unlearn.{name}.<name>.')
+    try:
+      METHODS[name].Hparams.from_config(section)
+    except ValueError as e:
+      raise ValueError(f'config.unlearn.{name}.{e}') from e
+
+
+def _declares(method: Method) -> bool:
+  return bool(dataclasses.fields(method.Hparams))
+
+
+def hparams_config(unlearn: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+  """Every registered method's hyperparameters, `unlearn`'s (a
+  `config.unlearn` as a dict) in place of the defaults: what decides the
+  methods' results, whichever of them a config names (None: the task's
+  reference)."""
+  return {name: dataclasses.asdict(method.Hparams.from_overrides(
+      unlearn.get(name, {}))) for name, method in METHODS.items()
+          if _declares(method)}
 
 
 __all__ = ['ADAM', 'Context', 'FineTuneHparams', 'Forward', 'Hparams',
            'Inputs', 'METHODS', 'Method', 'Objective', 'PAPER_TABLE',
            'REFERENCE_SOURCE', 'RETAIN_LOSS', 'Row', 'SGD', 'SGDHparams',
            'SGDMethod', 'Stage', 'TASK_OBJECTIVE', 'Unsupported', 'adam',
-           'full_batches', 'hparam', 'hparams_config', 'passes', 'register',
-           'retain_driven', 'sgd', 'step_plan', 'zipped']
+           'check_config', 'full_batches', 'hparam', 'hparams_config',
+           'passes', 'register', 'retain_driven', 'sgd', 'step_plan',
+           'zipped']

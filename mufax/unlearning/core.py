@@ -61,11 +61,18 @@ def hparam(default, *, source: str, minimum=None, maximum=None,
       'positive': positive, 'choices': choices, 'per_task': per_task})
 
 
+def _widens(value, kinds: tuple[type, ...]) -> bool:
+  """Whether `value` is an int that a float field takes as a float (the
+  command line parses `lr=1` as an int)."""
+  return (float in kinds and int not in kinds and isinstance(value, int)
+          and not isinstance(value, bool))
+
+
 @dataclasses.dataclass(frozen=True)
 class Hparams:
   """A method's hyperparameters, declared once as a dataclass of `hparam`
-  fields; `config.unlearn.<method>.<field>` overrides each (the config's
-  section is made from these fields). Making one checks every value."""
+  fields; `config.unlearn.<method>.<field>` overrides each. Making one
+  checks every value."""
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
@@ -87,10 +94,34 @@ class Hparams:
   @classmethod
   def from_overrides(cls, overrides: Mapping[str, Any]) -> Hparams:
     """The defaults, with the overrides' values that are set (not None) for
-    this class's fields; other keys are ignored."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in overrides.items()
-                  if k in names and v is not None})
+    this class's fields (an int given for a float field as a float); other
+    keys are ignored."""
+    kinds = cls._field_types()
+    return cls(**{k: float(v) if _widens(v, kinds[k]) else v
+                  for k, v in overrides.items()
+                  if k in kinds and v is not None})
+
+  @classmethod
+  def from_config(cls, section: Mapping[str, Any]) -> Hparams:
+    """`from_overrides` of the method's `config.unlearn` section, in which
+    every name must be a field of this class and every value of the field's
+    type (or None: the default).
+
+    Raises:
+      ValueError: one line naming the field and what it may be.
+    """
+    kinds = cls._field_types()
+    for name, value in section.items():
+      if name not in kinds:
+        raise ValueError(f'{name}: no such hyperparameter; ' + (
+            f'choose from {", ".join(kinds)}.' if kinds else
+            'the method has none.'))
+      if not (value is None or _widens(value, kinds[name]) or (
+          isinstance(value, kinds[name])
+          and isinstance(value, bool) == (bool in kinds[name]))):
+        raise ValueError(f'{name}={value!r}: must be of type '
+                         f'{" or ".join(k.__name__ for k in kinds[name])}.')
+    return cls.from_overrides(section)
 
   def for_task(self, task: str) -> Hparams:
     """These values, with each field left at None set to its `per_task`
@@ -100,20 +131,12 @@ class Hparams:
         if getattr(self, f.name) is None and f.metadata.get('per_task')})
 
   @classmethod
-  def config_fields(cls) -> dict[str, Any]:
-    """{field: default}, with a `placeholder` of the field's type where the
-    default is None, so that the command line can set it."""
-    from ml_collections.config_dict import placeholder  # pylint: disable=g-import-not-at-top
+  def _field_types(cls) -> dict[str, tuple[type, ...]]:
+    """{field: the types it declares, None aside}."""
     hints = typing.get_type_hints(cls)
-    fields = {}
-    for f in dataclasses.fields(cls):
-      if f.default is None:
-        kind = next(t for t in typing.get_args(hints[f.name])
-                    if t is not type(None))
-        fields[f.name] = placeholder(kind)
-      else:
-        fields[f.name] = f.default
-    return fields
+    return {f.name: tuple(t for t in typing.get_args(hints[f.name])
+                          or (hints[f.name],) if t is not type(None))
+            for f in dataclasses.fields(cls)}
 
   def settings(self) -> dict:
     """The values set, for results.json (None: the task's reference, which
@@ -141,10 +164,10 @@ class Context:
   protocol: str
   # {'forget', 'retain', ...} -> {'label', ...}: what plans are made from.
   data: Mapping[str, Mapping[str, np.ndarray]]
+  # One seed per member of the population (the run's: config.seed + k).
+  seeds: tuple[int, ...]
   # Runs the stages; None where only plans are wanted.
   engine: engine_lib.Engine | None = None
-  # One seed per member of the population.
-  seeds: tuple[int, ...] = (42,)
   # Classes of a softmax task, attributes of a sigmoid one.
   num_outputs: int = 0
   # Values of `config.unlearn.<method>`: overrides of the method's
