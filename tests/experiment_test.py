@@ -15,6 +15,7 @@ from absl.testing import absltest
 from PIL import Image
 
 from configs import quickstart
+from mufax import datasets
 from mufax import engine
 from mufax import experiment
 from mufax import files
@@ -487,7 +488,8 @@ class TableTest(absltest.TestCase):
     record = {'method': 'scrub', 'accuracy': 0.5, 'top2_accuracy': 0.7,
               'mia': 0.6, 'forgetting_score': 0.1, 'nomus': 0.65,
               'loss_auc': 0.55, 'update_steps': 316, 'wall_seconds': 12.0,
-              'published': published.published('mufac/paper', 'scrub')}
+              'published': published.published(
+                  datasets.task_of('mufac/paper'), 'scrub')}
     table = experiment.format_table([record])
     header, _, row = table.splitlines()
     self.assertIn('paper NoMUS', header)
