@@ -61,6 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mufax import datasets
 from mufax import engine as engine_lib
 from mufax import executors
 from mufax import experiment
@@ -160,9 +161,9 @@ def _runs(devices, executor: str, seeds, scrub_from=None) -> dict:
   losses = lambda v: eng.evaluate(v, 'test')['loss']
   out = {'from scratch': (start, trained, losses(state.variables))}
   ctx = unlearning.Context(
-      loss='softmax', task='mufac', protocol='paper',
+      task=datasets.task_of('mufac/paper'), protocol='paper',
       data={name: splits[name] for name in ('forget', 'retain')},
-      engine=eng, seeds=tuple(seeds), num_outputs=8,
+      engine=eng, seeds=tuple(seeds),
       hparams={'batch_size': 8, 'epochs': 1, 'lr': 0.001})
   original = state.variables if scrub_from is None else scrub_from
   row, = unlearning.METHODS['scrub'].run(ctx, original)

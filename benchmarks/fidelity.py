@@ -98,6 +98,7 @@ from mufax import objectives
 from mufax import plans
 from mufax import run_config
 from mufax import sharding
+from mufax import tasks
 from mufax import torch_resnet
 from mufax import train
 from mufax import unlearning
@@ -148,7 +149,7 @@ log = cluster.log
 @dataclasses.dataclass
 class Setup:
   """The data, the engine and the one original both sides start from."""
-  task: experiment.Task
+  task: tasks.Task
   engine: engine_lib.Engine
   # One model's variables (no member axis), host arrays.
   original: Any
@@ -169,10 +170,10 @@ class Setup:
             'num_outputs': model.num_outputs}
 
 
-def check_task(task: experiment.Task) -> None:
+def check_task(dataset: str, task: tasks.Task) -> None:
   """Refuses a task whose reference loops are not written here."""
   if task.family != 'mufac':
-    raise ValueError(f'{task.dataset}: the harness writes the reference loops '
+    raise ValueError(f'{dataset}: the harness writes the reference loops '
                      'of MUFAC (protocol §5, mufac/* and synthetic_faces/*); '
                      f'this is a {task.family} task.')
 
@@ -184,9 +185,9 @@ def load_setup(config, original_dir: str) -> Setup:
   if config.model.dtype != 'float32':
     raise ValueError('The reference side computes in float32: set '
                      'config.model.dtype=float32.')
-  task = experiment.load_task(config)
-  check_task(task)
-  engine = experiment.make_engine(config, task)
+  task, data = experiment.load_task(config)
+  check_task(config.data.dataset, task)
+  engine = experiment.make_engine(config, task, data)
   if config.original.checkpoint:
     row = experiment.converted_original(config, engine, task)
     source = f'converted reference checkpoint {config.original.checkpoint}'
@@ -194,7 +195,7 @@ def load_setup(config, original_dir: str) -> Setup:
     # One original whatever config.population says.
     config = copy.deepcopy(config)
     config.population.size = 1
-    row = train.from_scratch('original', config, engine=engine,
+    row = train.from_scratch('original', config, task=task, engine=engine,
                              workdir=original_dir)
     source = 'mufax original, ' + checkpoints.folder(
         config, original_dir, 'original', (config.seed,))
@@ -262,9 +263,8 @@ def run_mufax(setup: Setup, name: str, seeds: Sequence[int], *,
   if not augment:
     method = _AsStored(method)
   ctx = unlearning.Context(
-      loss=setup.task.loss, task=setup.task.family, protocol=setup.protocol,
-      data=setup.task.splits, engine=setup.engine, seeds=tuple(seeds),
-      num_outputs=setup.task.num_outputs, hparams=dict(hparams or {}))
+      task=setup.task, protocol=setup.protocol, data=setup.engine.splits,
+      engine=setup.engine, seeds=tuple(seeds), hparams=dict(hparams or {}))
   original = jax.tree.map(lambda x: np.asarray(x)[None], setup.original)
   return {row.name: {'variables': row.variables,
                      'stages': stage_settings(row.settings),
@@ -783,11 +783,11 @@ def run_side(setup: Setup, name: str, side: str, seeds: Sequence[int], *,
     per_seed = []
     for seed in seeds:
       if batches == 'mufax':
-        loaders = PlannedBatches(setup.task.splits, setup.image_size,
+        loaders = PlannedBatches(setup.engine.splits, setup.image_size,
                                  seed=seed, batch_size=bs, device=device)
         noise = mufax_noise(seed)
       else:
-        loaders = ReferenceBatches(setup.task.splits, setup.image_size,
+        loaders = ReferenceBatches(setup.engine.splits, setup.image_size,
                                    augment=augment, batch_size=bs,
                                    num_workers=num_workers, device=device)
         noise = torch_noise
@@ -969,7 +969,7 @@ def run(config) -> None:
   experiment.enable_compilation_cache(config, _OUT.value)
   setup = load_setup(config, _ORIGINAL_DIR.value)
   seeds = [config.seed + k for k in range(_SEEDS.value)]
-  settings = {'dataset': setup.task.dataset, 'protocol': setup.protocol,
+  settings = {'dataset': config.data.dataset, 'protocol': setup.protocol,
               'image_size': setup.image_size, 'arch': setup.arch,
               'lam': setup.lam, 'seeds': seeds, 'augment': _AUGMENT.value,
               'batches': _BATCHES.value,

@@ -39,7 +39,7 @@ def recipe_overrides() -> ml_collections.ConfigDict:
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.data = ml_collections.ConfigDict()
-  # A name/config of mufax.data.prepare.dataset_names(), e.g. mufac/paper.
+  # A name/config of mufax.datasets.dataset_names(), e.g. mufac/paper.
   config.data.dataset = 'synthetic_faces/small'
   # Empty means $TFDS_DATA_DIR, else ~/tensorflow_datasets.
   config.data.data_dir = ''

@@ -42,12 +42,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from mufax import compilation
 from mufax import executors
 from mufax import input_pipeline
-from mufax import losses
 from mufax import models
 from mufax import objectives
 from mufax import plans
 from mufax import programs
 from mufax import sharding
+from mufax import tasks
 
 # Images per member in one evaluation batch, shrunk as the population grows so
 # that the activations of every member fit together.
@@ -109,9 +109,9 @@ class Engine:
                log_every_s: float, image_size: int | None = None,
                memory_limit: int | None = None, devices=None,
                members_per_call: int | None = None, executor: str = 'auto'):
-    if loss not in losses.LOSSES:
+    if loss not in tasks.LOSSES:
       raise ValueError(f'Unknown loss {loss!r}; expected one of '
-                       f'{losses.LOSSES}.')
+                       f'{tasks.LOSSES}.')
     self.loss, self.image_size = loss, image_size
     self.splits = splits
     # Every split in one pool, so that programs take the same data whatever

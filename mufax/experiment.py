@@ -24,6 +24,7 @@ from mufax import checkpoints
 from mufax import cluster
 from mufax import compilation
 from mufax import convert
+from mufax import datasets
 from mufax import engine as engine_lib
 from mufax import evaluation
 from mufax import files
@@ -46,22 +47,10 @@ from mufax.evaluators import confidence
 LOSS_SPLITS = ('forget', 'unseen', 'test', 'retain')
 
 
-@dataclasses.dataclass
-class Task:
-  dataset: str
-  # What the model predicts: age, multilabel, gender, smiling or young.
-  name: str
-  # The protocol §4/§5 row: mufac, multilabel or binary.
-  family: str
-  loss: str
-  num_outputs: int
-  label_names: list[str]
-  splits: dict[str, dict[str, np.ndarray]]
-
-
-def load_task(config: ml_collections.ConfigDict) -> Task:
-  """Prepares the config's dataset if needed and reads every split."""
-  task = tasks.task_of(config.data.dataset)
+def load_task(config: ml_collections.ConfigDict
+              ) -> tuple[tasks.Task, dict[str, dict[str, np.ndarray]]]:
+  """The config's task, and every split of its dataset, prepared if needed."""
+  task = datasets.task_of(config.data.dataset)
   prepared = functools.partial(
       prepare.prepare, config.data.dataset,
       data_dir=config.data.data_dir or prepare.DEFAULT_DATA_DIR,
@@ -74,20 +63,17 @@ def load_task(config: ml_collections.ConfigDict) -> Task:
     multihost_utils.sync_global_devices('mufax: data prepared')
   if jax.process_index() != 0:
     builder = prepared()
-  loss, num_outputs = losses_lib.loss_kind(builder.info.features['label'])
   start = time.perf_counter()
   data = {split: input_pipeline.read_split(builder.as_data_source(split))
           for split in splits_lib.SPLITS}
   cluster.log(f'read {config.data.dataset}: ' + ', '.join(
       f'{s} {len(d["label"])}' for s, d in data.items())
       + f' images in {time.perf_counter() - start:.1f} s')
-  return Task(dataset=config.data.dataset, name=task.name, family=task.family,
-              loss=loss, num_outputs=num_outputs,
-              label_names=builder.label_names(), splits=data)
+  return task, data
 
 
 def converted_original(config, engine: engine_lib.Engine,
-                       task: Task) -> unlearning.Row:
+                       task: tasks.Task) -> unlearning.Row:
   """The original model of `config.original.checkpoint` (a folder of
   `python -m mufax.convert`), refused with the reason where it does not fit
   the run."""
@@ -103,8 +89,8 @@ def converted_original(config, engine: engine_lib.Engine,
   if model.num_outputs != task.num_outputs:
     raise run_config.ConfigError(
         f'{where}: its head has {model.num_outputs} outputs, and '
-        f'{task.dataset} ({task.name}) needs {task.num_outputs}: convert the '
-        'model trained for this task.')
+        f'{config.data.dataset} ({task.name}) needs {task.num_outputs}: '
+        'convert the model trained for this task.')
   if trained_at != engine.input_size:
     raise run_config.ConfigError(
         f'{where}: the model was trained on {trained_at}x{trained_at} images '
@@ -128,7 +114,7 @@ def converted_original(config, engine: engine_lib.Engine,
       settings={'checkpoint': os.path.abspath(folder)})
 
 
-def evaluate_model(variables, *, engine: engine_lib.Engine, task: Task,
+def evaluate_model(variables, *, engine: engine_lib.Engine, task: tasks.Task,
                    lam: float, seeds: tuple[int, ...]
                    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """Protocol §6 for every member of a population: utility on test, MIA on
@@ -138,7 +124,7 @@ def evaluate_model(variables, *, engine: engine_lib.Engine, task: Task,
   under the split's name and φ under `phi_<split>`."""
   outputs = {split: engine.evaluate(variables, split)
              for split in LOSS_SPLITS}
-  labels = task.splits['test']['label']
+  labels = engine.splits['test']['label']
   per_member = []
   for k, seed in enumerate(seeds):
     record = {'seed': seed, **losses_lib.accuracies(
@@ -147,7 +133,7 @@ def evaluate_model(variables, *, engine: engine_lib.Engine, task: Task,
       record['attribute_accuracies'] = dict(zip(
           task.label_names, record['attribute_accuracies']))
     record['retain_accuracy'] = losses_lib.accuracies(
-        outputs['retain']['logits'][k], task.splits['retain']['label'],
+        outputs['retain']['logits'][k], engine.splits['retain']['label'],
         task.loss)['accuracy']
     forget, unseen = outputs['forget']['loss'][k], outputs['unseen']['loss'][k]
     mia = metrics.membership_inference(forget, unseen)
@@ -161,7 +147,7 @@ def evaluate_model(variables, *, engine: engine_lib.Engine, task: Task,
   arrays = {split: outputs[split]['loss'] for split in LOSS_SPLITS}
   # φ (docs/evaluation.md §2), float64, for the extended evaluation.
   arrays.update({f'phi_{split}': confidence.phi(
-      outputs[split]['logits'], task.splits[split]['label'], task.loss)
+      outputs[split]['logits'], engine.splits[split]['label'], task.loss)
                  for split in LOSS_SPLITS})
   return record, arrays
 
@@ -201,12 +187,13 @@ def enable_compilation_cache(config, workdir: str) -> None:
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
-def make_engine(config, task: Task) -> engine_lib.Engine:
+def make_engine(config, task: tasks.Task,
+                data: dict[str, dict[str, np.ndarray]]) -> engine_lib.Engine:
   """The run's engine; refuses images larger than those stored."""
   limit = config.population.device_memory_gb
   engine = engine_lib.Engine(
       run_config.make_model(config, task.num_outputs), loss=task.loss,
-      splits=task.splits, image_size=config.data.image_size or None,
+      splits=data, image_size=config.data.image_size or None,
       log_every_s=config.log_every_s,
       members_per_call=config.population.members_per_call or None,
       executor=config.engine.executor,
@@ -268,8 +255,8 @@ def runnable_methods(ctx: unlearning.Context, config,
 def _run(config: ml_collections.ConfigDict, workdir: str,
          names: list[str]) -> list[dict]:
   enable_compilation_cache(config, workdir)
-  task = load_task(config)
-  engine = make_engine(config, task)
+  task, data = load_task(config)
+  engine = make_engine(config, task, data)
   seeds = run_config.seeds_of(config)
   cluster.log(f'{jax.device_count()} {engine.platform} device(s), '
               f'{engine.executor} executor; methods: {", ".join(names)}')
@@ -278,11 +265,10 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
   if results.too_few_models(config):
     cluster.log(results.too_few_models(config))
   from_scratch = functools.partial(train.from_scratch, config=config,
-                                   engine=engine, workdir=workdir)
+                                   task=task, engine=engine, workdir=workdir)
   ctx = unlearning.Context(
-      loss=task.loss, task=task.family, protocol=config.protocol,
-      data=task.splits, engine=engine, seeds=seeds,
-      num_outputs=task.num_outputs, train_from_scratch=from_scratch)
+      task=task, protocol=config.protocol, data=data, engine=engine,
+      seeds=seeds, train_from_scratch=from_scratch)
   names = runnable_methods(ctx, config, names)
   done = results.previous_records(workdir, config)
   # Only process 0 writes results; checkpoints are every process's.
@@ -323,7 +309,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
   if not primary:
     # The extended evaluation reads the losses process 0 wrote.
     return records
-  return extend_records(workdir, records, config, task)
+  return extend_records(workdir, records, config, data)
 
 
 def produced_rows(name: str, ctx: unlearning.Context,
@@ -340,18 +326,18 @@ def produced_rows(name: str, ctx: unlearning.Context,
       ctx, original_model().variables if method.needs_original else None)
 
 
-def row_record(row: unlearning.Row, config, task: Task,
+def row_record(row: unlearning.Row, config, task: tasks.Task,
                engine: engine_lib.Engine) -> tuple[dict, dict | None]:
   """A row's record for results.json and its per-sample losses (None for a
   diverged row: a result like any other, kept, shown, never recomputed)."""
   row_seeds = run_config.seeds_of(config, row.name)
-  record = {'method': row.name, 'dataset': task.dataset,
+  record = {'method': row.name, 'dataset': config.data.dataset,
             'task': task.name, 'protocol': config.protocol,
             'seed': row_seeds[0], 'population': len(row_seeds)}
   cost = {'wall_seconds': row.seconds,
           'compile_seconds': row.compile_seconds, 'flops': row.flops,
           'update_steps': row.update_steps, 'config': row.settings,
-          'published': published.published(task.dataset, row.name)}
+          'published': published.published(task, row.name)}
   if row.diverged:
     return record | {'diverged': row.diverged} | cost, None
   measured, losses = evaluate_model(row.variables, engine=engine,
@@ -366,12 +352,12 @@ def row_record(row: unlearning.Row, config, task: Task,
 
 
 def extend_records(workdir: str, records: list[dict], config,
-                   task: Task) -> list[dict]:
+                   data: dict[str, dict[str, np.ndarray]]) -> list[dict]:
   """`records` with the extended evaluation of the rows that did not
   diverge; writes results and plots."""
   evaluated = [r for r in records if 'diverged' not in r]
   extended = evaluation.evaluate(workdir, evaluated,
-                                 task.splits['forget']['identity'])
+                                 data['forget']['identity'])
   for record in records:
     if record['method'] in extended:
       record['evaluation'] = extended[record['method']]['scalars']

@@ -21,6 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
+# Imported to register the builders with TFDS, for `tfds.data_source`.
+from mufax import datasets  # pylint: disable=unused-import
+
 Batch = dict[str, np.ndarray]
 
 # protocol §2.3: RandomAffine(0, shear=10, scale=(0.8, 1.2)),
@@ -44,8 +47,6 @@ def open_split(name: str, split: str, *, data_dir: str | None = None,
   `read_split` then decodes them on a thread pool, and label-only reads skip
   decoding altogether.
   """
-  # pylint: disable-next=g-import-not-at-top,unused-import
-  import datasets_builders  # registers builders
   decoders = None if decode_images else {'image': tfds.decode.SkipDecoding()}
   return tfds.data_source(name, split=split, data_dir=data_dir,
                           decoders=decoders)

@@ -14,16 +14,7 @@ import numpy as np
 import optax
 
 from mufax import metrics
-
-LOSSES = ('softmax', 'sigmoid')
-
-
-def loss_kind(label_feature) -> tuple[str, int]:
-  """(loss, num_outputs) for a dataset's `label` feature."""
-  names = getattr(label_feature, 'names', None)
-  if names is not None:
-    return 'softmax', len(names)
-  return 'sigmoid', int(label_feature.shape[-1])
+from mufax import tasks
 
 
 def per_sample_loss(logits: jax.Array, labels: jax.Array,
@@ -35,7 +26,7 @@ def per_sample_loss(logits: jax.Array, labels: jax.Array,
   if loss == 'sigmoid':
     return optax.sigmoid_binary_cross_entropy(
         logits, labels.astype(jnp.float32)).mean(axis=-1)
-  raise ValueError(f'Unknown loss {loss!r}; expected one of {LOSSES}.')
+  raise ValueError(f'Unknown loss {loss!r}; expected one of {tasks.LOSSES}.')
 
 
 def correct(logits: jax.Array, labels: jax.Array, loss: str) -> jax.Array:

@@ -77,25 +77,21 @@ _TABLES = {
 }
 
 
-def published(dataset: str, method: str) -> dict[str, float] | None:
-  """The published numbers of `method` on `dataset`, or None if there are none.
+def published(task: tasks.Task, method: str) -> dict[str, float] | None:
+  """The published numbers of `method` on `task`, or None if there are none.
 
   Args:
-    dataset: a `name` or `name/config` of mufax.data.prepare.dataset_names().
-      Every MUFAC config maps to the one MUFAC table (the reference has only
-      its own protocol; a `clean` run is compared with it all the same); MUCAC
-      configs map to the table of their task; the synthetic stand-in has none.
+    task: a dataset's task. Every MUFAC config has the one MUFAC table (the
+      reference has only its own protocol; a `clean` run is compared with it
+      all the same); MUCAC configs have the table of their task; a task
+      without a `benchmark`, such as the synthetic stand-in's, has none.
     method: one of METHODS; others (e.g. `cf2`) were not published.
 
   Returns:
     A new dict: for MUFAC `accuracy`, `top2_accuracy`, `forgetting_score` and
     `nomus`; for MUCAC `accuracy` (the average accuracy for multi-label),
     `forgetting_score` and `nomus`.
-
-  Raises:
-    DataError: `dataset` is unknown (`tasks.task_of`).
   """
-  task = tasks.task_of(dataset)
   if task.benchmark is None or method not in METHODS:
     return None
   keys, rows = _TABLES[task.name]

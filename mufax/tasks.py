@@ -1,19 +1,25 @@
 """What a dataset asks the model to predict, and which reference recipes apply.
 
-The one place that reads a dataset name (`name/config`, e.g. `mucac/gender`);
-recipes, unlearning loops, published tables and results all key on the `Task`
-it returns.
+Each dataset declares its tasks once, on its builder's configs
+(`mufax.datasets`); a run looks its task up once and hands the one `Task` to
+everything that depends on it: the model's head, the loss, recipes,
+unlearning loops, published tables and results.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import TypeVar
 
-from mufax.data.errors import DataError
+# What a head's logits mean: 'softmax', one class per example (integer labels,
+# cross-entropy); 'sigmoid', one 0/1 label per attribute (BCE with logits).
+LOSSES = ('softmax', 'sigmoid')
+# The reference notebooks whose training recipes (docs/protocol.md §4) and
+# unlearning hyperparameters and loops (§5) a task follows.
+FAMILIES = ('mufac', 'multilabel', 'binary')
 
-# MUCAC's configs: all three CelebA attributes at once, or one of them.
-MUCAC_MULTILABEL = 'multilabel'
-MUCAC_ATTRIBUTES = ('gender', 'smiling', 'young')
+_Value = TypeVar('_Value')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,41 +27,41 @@ class Task:
   """A dataset's task.
 
   Attributes:
-    name: what the model predicts: `age` (MUFAC's eight age groups),
-      `multilabel` (MUCAC's three attributes) or one attribute (`gender`,
-      `smiling`, `young`).
-    family: the row of docs/protocol.md §4 and §5 (training recipes,
-      unlearning hyperparameters and loops): `mufac`, `multilabel` or
-      `binary`.
+    name: what the model predicts, e.g. `age`, `multilabel` (every
+      attribute) or `gender` (one); the published tables (§7) are per name.
+    family: one of FAMILIES, the row of docs/protocol.md §4 and §5.
+    loss: one of LOSSES.
+    label_names: one name per output of the model's head: the classes of a
+      softmax task, the attributes of a sigmoid one.
     benchmark: the paper's benchmark whose published numbers (§7) apply,
-      `mufac` or `mucac`; None for the synthetic stand-in, which has none.
+      `mufac` or `mucac`; None for a dataset without any.
   """
   name: str
   family: str
-  benchmark: str | None
+  loss: str
+  label_names: tuple[str, ...]
+  benchmark: str | None = None
 
+  def __post_init__(self):
+    for field, value, known in (('family', self.family, FAMILIES),
+                                ('loss', self.loss, LOSSES)):
+      if value not in known:
+        raise ValueError(f'Task {self.name!r}: unknown {field} {value!r}; '
+                         f'choose one of {", ".join(known)}.')
 
-def task_of(dataset: str) -> Task:
-  """The task of `dataset`, a `name` or `name/config`.
+  @property
+  def num_outputs(self) -> int:
+    return len(self.label_names)
 
-  A bare `name` means the builder's default config, as `tfds.builder` reads
-  it: `mucac` is `mucac/multilabel`. Every config of MUFAC (paper, clean)
-  and of the synthetic stand-in (small, large) is age classification.
+  def per_family(self, values: Mapping[str, _Value]) -> _Value:
+    """`values[self.family]`, for a value that protocol §4 or §5 sets per
+    family.
 
-  Raises:
-    DataError: `dataset` is of no known family, or an unknown MUCAC task.
-  """
-  family, _, config = dataset.partition('/')
-  if family == 'mufac':
-    return Task('age', 'mufac', 'mufac')
-  if family == 'synthetic_faces':
-    # A stand-in for MUFAC, trained and unlearnt with MUFAC's settings.
-    return Task('age', 'mufac', None)
-  if family == 'mucac' and config in ('', MUCAC_MULTILABEL):
-    return Task(MUCAC_MULTILABEL, 'multilabel', 'mucac')
-  if family == 'mucac' and config in MUCAC_ATTRIBUTES:
-    return Task(config, 'binary', 'mucac')
-  mucac = ', '.join(f'mucac/{c}'
-                    for c in (MUCAC_MULTILABEL,) + MUCAC_ATTRIBUTES)
-  raise DataError(f'Unknown dataset {dataset!r}; choose mufac/<config>, '
-                  f'synthetic_faces/<config> or one of {mucac}.')
+    Raises:
+      ValueError: `values` has none for this task's family.
+    """
+    if self.family not in values:
+      raise ValueError(f'Task {self.name!r} is of family {self.family!r}, '
+                       'which has no value here (only '
+                       f'{", ".join(values)} have).')
+    return values[self.family]

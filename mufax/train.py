@@ -52,13 +52,12 @@ class Recipe:
     return cls(**values)
 
 
-def recipe_of(config, kind: str) -> Recipe:
-  """Protocol §4's recipe of `kind` for the dataset, with the config's
+def recipe_of(config, task: tasks.Task, kind: str) -> Recipe:
+  """Protocol §4's recipe of `kind` for the task, with the config's
   overrides."""
-  family = tasks.task_of(config.data.dataset).family
   # The oracle is a second retraining, with retraining's recipe.
   kind = 'retrain' if kind == 'oracle' else kind
-  values = dict(recipes.RECIPES[family][kind])
+  values = dict(task.per_family(recipes.RECIPES)[kind])
   values.update({k: v for k, v in config[kind].items() if v is not None})
   r = Recipe.from_config(values)
   if r.epochs < 1 or r.batch_size < 1 or r.learning_rate <= 0:
@@ -105,15 +104,15 @@ def member_pools(n: int, masks: np.ndarray | None,
   return [np.flatnonzero(m) for m in masks]
 
 
-def from_scratch(kind: str, config, *, engine: engine_lib.Engine,
-                 workdir: str) -> unlearning.Row:
+def from_scratch(kind: str, config, *, task: tasks.Task,
+                 engine: engine_lib.Engine, workdir: str) -> unlearning.Row:
   """The original (on train) or retrained (on retain) population of
   protocol §4, one model per seed.
 
   Reuses or resumes the checkpoint of an earlier run with the same settings;
   the row's seconds are those its epochs took, over all runs that trained it.
   """
-  r = recipe_of(config, kind)
+  r = recipe_of(config, task, kind)
   seeds = run_config.seeds_of(config, kind)
   split = TRAIN_SPLIT[kind]
   cluster.log(f'{kind}: training on {split} '

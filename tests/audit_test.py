@@ -11,10 +11,10 @@ import numpy as np
 from PIL import Image
 
 import data_testing
-from datasets_builders.mufac import mufac_dataset_builder as mufac
 from mufax.data import audit
 from mufax.data import phash
 from mufax.data import prepare
+from mufax.datasets import mufac
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -120,7 +120,7 @@ class LightImportTest(absltest.TestCase):
     # input pipeline; a fresh interpreter shows what the imports pull in.
     code = ('import sys\n'
             'import mufax.data.phash\n'
-            'import datasets_builders.mufac.mufac_dataset_builder\n'
+            'import mufax.datasets.mufac\n'
             'print(sorted(m for m in sys.modules if m.split(".")[0] in '
             '("jax", "mufax")))\n')
     result = subprocess.run([sys.executable, '-c', code], cwd=REPO,

@@ -67,8 +67,8 @@ class TwoProcessTest(absltest.TestCase):
       *path, name = key.split('.')
       functools.reduce(getattr, path, config)[name] = value
     config.data.data_dir = data_dir
-    task = experiment.load_task(config)
-    eng = experiment.make_engine(config, task)
+    task, data = experiment.load_task(config)
+    eng = experiment.make_engine(config, task, data)
     seeds = run_config.seeds_of(config, 'original')
     self.assertEqual(seeds, (42, 43))
     folder = checkpoints.folder(config, workdir, 'original', seeds)

@@ -19,6 +19,7 @@ from configs import mufac_scrub
 from configs import paper
 from configs import quickstart
 from mufax import checkpoints
+from mufax import datasets
 from mufax import engine
 from mufax import experiment
 from mufax import files
@@ -544,7 +545,8 @@ class TableTest(absltest.TestCase):
     record = {'method': 'scrub', 'accuracy': 0.5, 'top2_accuracy': 0.7,
               'mia': 0.6, 'forgetting_score': 0.1, 'nomus': 0.65,
               'loss_auc': 0.55, 'update_steps': 316, 'wall_seconds': 12.0,
-              'published': published.published('mufac/paper', 'scrub')}
+              'published': published.published(
+                  datasets.task_of('mufac/paper'), 'scrub')}
     table = results.format_table([record])
     header, _, row = table.splitlines()
     self.assertIn('paper NoMUS', header)

@@ -14,8 +14,8 @@ from scipy import stats
 import torch
 
 from benchmarks import fidelity
+from mufax import datasets
 from mufax import engine as engine_lib
-from mufax import experiment
 from mufax import models
 from mufax import sharding
 from mufax import torch_resnet
@@ -80,12 +80,10 @@ def tiny_setup():
       lambda: models.init_variables(model, jax.random.key(0), IMAGE_SIZE))
   original = jax.tree.map(np.asarray, models.from_torch_state_dict(
       net.state_dict(), template))
-  task = experiment.Task(dataset='fixture', name='age', family='mufac',
-                         loss='softmax', num_outputs=8,
-                         label_names=list('abcdefgh'), splits=splits)
   engine = engine_lib.Engine(model, loss='softmax', splits=splits,
                              log_every_s=1e9, devices=jax.devices()[:1])
-  return fidelity.Setup(task=task, engine=engine, original=original)
+  return fidelity.Setup(task=datasets.task_of('mufac/paper'), engine=engine,
+                        original=original)
 
 
 def largest_difference(a, b) -> float:
@@ -103,7 +101,7 @@ class PlanEquivalenceTest(parameterized.TestCase):
     cls.setup = tiny_setup()
 
   def reference(self, name, lr=LEARNING_RATE):
-    batches = fidelity.PlannedBatches(self.setup.task.splits, IMAGE_SIZE,
+    batches = fidelity.PlannedBatches(self.setup.engine.splits, IMAGE_SIZE,
                                       seed=SEED, batch_size=BATCH)
     return fidelity.run_reference(
         self.setup, name, SEED, batches=batches,

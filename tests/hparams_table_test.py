@@ -5,6 +5,7 @@ import os
 
 from absl.testing import absltest
 
+from mufax import datasets
 from mufax import hparams_table
 from mufax import unlearning
 from mufax.unlearning import core
@@ -50,10 +51,17 @@ class HparamsTableTest(absltest.TestCase):
             'Hparams': changed})()}))
 
   def test_per_task_defaults_fill_only_what_is_unset(self):
-    self.assertEqual(_Hparams().for_task('binary').lr, 0.2)
-    self.assertEqual(_Hparams(lr=0.5).for_task('binary').lr, 0.5)
+    binary = datasets.task_of('mucac/gender')
+    self.assertEqual(_Hparams().for_task(binary).lr, 0.2)
+    self.assertEqual(_Hparams(lr=0.5).for_task(binary).lr, 0.5)
     self.assertEqual(unlearning.METHODS['scrub'].Hparams().for_task(
-        'binary').epochs, 1)
+        binary).epochs, 1)
+
+  def test_a_family_without_a_value_is_refused(self):
+    with self.assertRaisesRegex(
+        ValueError, "'multilabel' is of family 'multilabel', which has no "
+        r'value here \(only mufac, binary have\)'):
+      _Hparams().for_task(datasets.task_of('mucac/multilabel'))
 
   def test_a_document_without_the_markers_is_named(self):
     with self.assertRaisesRegex(ValueError, 'notes.md has no'):

@@ -112,7 +112,7 @@ class MSGTest(parameterized.TestCase):
       np.testing.assert_array_equal(scale, 1.0, name)
 
   def test_edit_redraws_exactly_the_masked_elements(self):
-    ctx = ut.sized_context('mufac', 20, 46)
+    ctx = ut.sized_context('mufac/paper', 20, 46)
     edit = unlearning.METHODS['msg'].stages(ctx)[2].edit
     population = tiny_population(2, seed=1)
     fake = fake_measurements(population['params'], seed=1)
@@ -158,7 +158,7 @@ class MSGTest(parameterized.TestCase):
 
   @parameterized.parameters('paper', 'clean')
   def test_stages_follow_the_reference(self, protocol):
-    ctx = ut.sized_context('multilabel', 150, 1000, protocol=protocol)
+    ctx = ut.sized_context('mucac/multilabel', 150, 1000, protocol=protocol)
     stages = unlearning.METHODS['msg'].stages(ctx)
     self.assertEqual([s.name for s in stages[:2]],
                      ['retain_gradients', 'forget_gradients'])
@@ -201,7 +201,7 @@ class MSGTest(parameterized.TestCase):
   def test_kept_weights_step_at_a_tenth_of_fine_tuning(self):
     """The first step from the edited model, against a plain SGD step on
     the same batch (multi-label, sigmoid loss)."""
-    ctx, original = ut.tiny_context(task='multilabel', lr=0.1)
+    ctx, original = ut.tiny_context(dataset='mucac/multilabel', lr=0.1)
     first = unlearning.METHODS['msg'].stages(ctx)[2]
     fake = fake_measurements(original['params'], seed=2)
     edited = first.edit(original, fake, jax.vmap(jax.random.key)(
@@ -264,7 +264,8 @@ class CTTest(absltest.TestCase):
     """At a vanishing learning rate, two epochs leave the transposed
     kernels (transposed once, not once per epoch) and the other
     parameters as they were; multi-label."""
-    ctx, original = ut.tiny_context(task='multilabel', lr=1e-12, epochs=2)
+    ctx, original = ut.tiny_context(dataset='mucac/multilabel', lr=1e-12,
+                                    epochs=2)
     start = ut.host(original)
     row = ut.rows_of(ctx, 'ct', original)['ct']
     self.assertEqual(row.update_steps, 12)

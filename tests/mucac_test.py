@@ -6,10 +6,10 @@ from absl.testing import absltest
 import numpy as np
 
 import data_testing
-from datasets_builders.mucac import mucac_dataset_builder as mucac
 from mufax.data import prepare
 from mufax.data import splits as splits_lib
 from mufax.data.errors import DataError
+from mufax.datasets import mucac
 
 
 def read_texts(folder):
@@ -83,7 +83,7 @@ class MucacFixtureTest(absltest.TestCase):
     tokens = attribute_text.splitlines()[4].split()  # 2.jpg
     self.assertEqual(record['label'].tolist(),
                      [int(tokens[t] == '1') for t in (21, 32, 40)])
-    self.assertEqual(builder.label_names(), ['gender', 'smiling', 'young'])
+    self.assertEqual(builder.info.features['label'].shape, (3,))
 
   def test_binary_task_takes_one_attribute(self):
     multi = data_testing.build(self.builder('multilabel'), self.manual)

@@ -10,11 +10,11 @@ import numpy as np
 from PIL import Image
 
 import data_testing
-from datasets_builders.mufac import mufac_dataset_builder as mufac
 from mufax.data import audit
 from mufax.data import prepare
 from mufax.data import splits as splits_lib
 from mufax.data.errors import DataError
+from mufax.datasets import mufac
 
 ROOT = mufac.ROOT
 

@@ -89,7 +89,7 @@ class PlanTest(parameterized.TestCase):
   """Step plans on full-size MUFAC splits (1500 forget, 8525 retain)."""
 
   def test_random_labels_forget_pass_then_retain_pass(self):
-    ctx = ut.sized_context('mufac', 1500, 8525)
+    ctx = ut.sized_context('mufac/paper', 1500, 8525)
     stage, = unlearning.METHODS['random_labels'].stages(ctx)
     keys = [key for key, _ in stage.plan]
     # 10 epochs of 6 forget batches of 256 (the last of 220), then 34 retain.
@@ -102,7 +102,7 @@ class PlanTest(parameterized.TestCase):
                      (0.01, 0.9, True))
 
   def test_l1_sparse_decays_alpha_linearly_per_epoch(self):
-    ctx = ut.sized_context('mufac', 1500, 8525)
+    ctx = ut.sized_context('mufac/paper', 1500, 8525)
     stage, = unlearning.METHODS['l1_sparse'].stages(ctx)
     loss = stage.objectives['retain'].loss
     # 34 retain steps per epoch: the weight of step s is that of its epoch.
@@ -129,7 +129,7 @@ class PlanTest(parameterized.TestCase):
       np.testing.assert_array_equal(a['retain'], b['retain'])
 
   def test_bad_teaching_mixes_forget_with_a_retain_subset(self):
-    ctx = ut.sized_context('mufac', 1500, 8525, epochs=2)
+    ctx = ut.sized_context('mufac/paper', 1500, 8525, epochs=2)
     stage, = unlearning.METHODS['bad_teaching'].stages(ctx)
     self.assertEqual(stage.optimizer, 'adam')
     self.assertEqual(stage.teachers, ('original', 'incompetent'))
@@ -166,12 +166,12 @@ class PlanTest(parameterized.TestCase):
 
 class RandomLabelsTest(parameterized.TestCase):
 
-  @parameterized.parameters('mufac', 'multilabel')
-  def test_forget_objective_trains_on_drawn_labels(self, task):
+  @parameterized.parameters('mufac/paper', 'mucac/multilabel')
+  def test_forget_objective_trains_on_drawn_labels(self, dataset):
     """The forget objective is the task loss against `draw_labels` of the
     step's key: by default from every label ('all'); with 'other' never
     the true one."""
-    base, original = ut.tiny_context(ONE_DEVICE, task=task)
+    base, original = ut.tiny_context(ONE_DEVICE, dataset=dataset)
     images, labels = batch(base, 'forget')
     variables = sharding.member(original, 0)
     forward = forward_of(base, variables, train=False)
@@ -185,10 +185,12 @@ class RandomLabelsTest(parameterized.TestCase):
       drawn = []
       for seed in (0, 1):
         rng = jax.random.key(seed)
-        inputs = objectives.Inputs({'forget': (images, labels)}, rng, ctx.loss)
+        inputs = objectives.Inputs({'forget': (images, labels)}, rng,
+                                   ctx.task.loss)
         value, _ = objective.loss(forward, inputs, None)
-        expected = random_labels.draw_labels(rng, labels, ctx.num_outputs,
-                                             ctx.loss, draw)
+        expected = random_labels.draw_labels(rng, labels,
+                                             ctx.task.num_outputs,
+                                             ctx.task.loss, draw)
         self.assertAlmostEqual(float(value),
                                float(inputs.loss(logits, expected)),
                                places=5)
@@ -201,12 +203,12 @@ class RandomLabelsTest(parameterized.TestCase):
 
   def test_labels_setting_is_checked(self):
     method = unlearning.METHODS['random_labels']
-    hp = method.hparams(ut.sized_context('mufac', 20, 46))
+    hp = method.hparams(ut.sized_context('mufac/paper', 20, 46))
     self.assertEqual(hp.labels, 'all')
     self.assertEqual(hp.settings()['labels'], 'all')
     with self.assertRaisesRegex(ValueError,
                                 r"^labels='any': choose one of all, other\.$"):
-      method.hparams(ut.sized_context('mufac', 20, 46, labels='any'))
+      method.hparams(ut.sized_context('mufac/paper', 20, 46, labels='any'))
 
 
 class BadTeachingTest(parameterized.TestCase):
@@ -236,13 +238,13 @@ class BadTeachingTest(parameterized.TestCase):
                                   np.ones_like(
                                       made[6]['batch_stats']['bn1']['var']))
 
-  @parameterized.parameters(('mufac', False), ('multilabel', True))
-  def test_objective_distils_each_split_from_its_teacher(self, task,
+  @parameterized.parameters(('mufac/paper', False), ('mucac/multilabel', True))
+  def test_objective_distils_each_split_from_its_teacher(self, dataset,
                                                          bernoulli):
     """The objective's KL on forget examples is that of the incompetent
     teacher's eval-mode logits, on retain that of the original's, against
     the student's train-mode logits of the mixed batch."""
-    ctx, original = ut.tiny_context(ONE_DEVICE, task=task)
+    ctx, original = ut.tiny_context(ONE_DEVICE, dataset=dataset)
     method = unlearning.METHODS['bad_teaching']
     stage, = method.stages(ctx)
     objective = stage.objectives['distil']
@@ -250,7 +252,8 @@ class BadTeachingTest(parameterized.TestCase):
                 for name, t in method.teachers(ctx, original).items()}
     batches = {'forget': batch(ctx, 'forget', 5),
                'retain': batch(ctx, 'retain', 3)}
-    inputs = objectives.Inputs(batches, jax.random.key(0), ctx.loss, teachers)
+    inputs = objectives.Inputs(batches, jax.random.key(0), ctx.task.loss,
+                               teachers)
     student = forward_of(ctx, sharding.member(original, 0), train=True)
     prepared = objective.prepare(student, inputs)
     value, measured = objective.loss(student, inputs, prepared)
@@ -280,7 +283,7 @@ class BadTeachingTest(parameterized.TestCase):
     step is known whatever the images: the run must measure those, and
     leave both teachers' buffers as they were. On multi-label MUCAC."""
     # One step of all 20 forget and 13 (30% of 46) retain examples.
-    ctx, original = ut.tiny_context(ONE_DEVICE, task='multilabel',
+    ctx, original = ut.tiny_context(ONE_DEVICE, dataset='mucac/multilabel',
                                     protocol='clean', lr=1e-3, batch_size=33)
     student_bias = np.array([-1.0, 0.5, 2.0])
     original = jax.tree.map(lambda x: x[None], constant_model(
@@ -349,7 +352,7 @@ class L1SparseTest(parameterized.TestCase):
     variables = sharding.member(original, 0)
     images, labels = batch(ctx, 'retain')
     inputs = objectives.Inputs({'retain': (images, labels)}, jax.random.key(0),
-                               ctx.loss)
+                               ctx.task.loss)
     value, measured = l1_sparse.RetainL1Loss(0.5)(
         forward_of(ctx, variables, train=False), inputs, None)
     task = inputs.loss(forward_of(ctx, variables, train=False)(images),

@@ -10,6 +10,7 @@ from absl.testing import parameterized
 import numpy as np
 from PIL import Image
 
+from mufax import datasets
 from mufax import plots
 from mufax import published
 
@@ -91,7 +92,8 @@ class AccuracyVsForgettingTest(parameterized.TestCase):
         dict(method='scrub', accuracy=0.58, forgetting_score=0.12,
              nomus=0.67),
     ]
-    reference = [dict(method=m, **published.published('mufac/paper', m))
+    task = datasets.task_of('mufac/paper')
+    reference = [dict(method=m, **published.published(task, m))
                  for m in published.METHODS]
     tmp = self.create_tempdir().full_path
     path = os.path.join(tmp, 'sub', 'scatter.png')

@@ -10,6 +10,7 @@ from absl import flags
 from absl.testing import absltest
 
 import data_testing
+from mufax import datasets
 from mufax.data import prepare
 from mufax.data.errors import DataError
 
@@ -27,9 +28,9 @@ class PrepareTest(absltest.TestCase):
   def test_every_dataset_of_the_benchmark_is_named(self):
     self.assertContainsSubset(
         ['mufac/paper', 'mufac/clean', 'mucac/multilabel', 'mucac/gender',
-         'mucac/smiling', 'mucac/young'], prepare.dataset_names())
+         'mucac/smiling', 'mucac/young'], datasets.dataset_names())
     self.assertTrue(any(n.startswith('synthetic_faces/')
-                        for n in prepare.dataset_names()))
+                        for n in datasets.dataset_names()))
 
   def test_unknown_dataset(self):
     with self.assertRaisesRegex(DataError, "Unknown dataset 'mufac/tidy'"):

@@ -154,8 +154,8 @@ class SalUnTest(parameterized.TestCase):
 
   def test_only_masked_weights_move(self):
     method = RecordingSalUn('salun')
-    ctx, original = ut.tiny_context(task='multilabel', batch_size=WHOLE,
-                                    lr=0.05, epochs=2)
+    ctx, original = ut.tiny_context(dataset='mucac/multilabel',
+                                    batch_size=WHOLE, lr=0.05, epochs=2)
     start = ut.host(original)
     row, = method.run(ctx, original)
     end = ut.host(row.variables)
@@ -184,8 +184,7 @@ class SalUnTest(parameterized.TestCase):
     objectives = {}
     for method in (salun.SalUn('salun'),
                    random_labels.RandomLabels('random_labels')):
-      ctx = dataclasses.replace(
-          ut.sized_context('mufac', 20, 46, labels=labels), num_outputs=8)
+      ctx = ut.sized_context('mufac/paper', 20, 46, labels=labels)
       objectives[method.name] = method.stages(ctx)[-1].objectives[
           'forget'].loss
     self.assertEqual(objectives['salun'],

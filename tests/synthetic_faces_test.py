@@ -7,7 +7,7 @@ import tempfile
 from absl.testing import absltest
 import numpy as np
 
-from datasets_builders.synthetic_faces import synthetic_faces_dataset_builder as sf
+from mufax.datasets import synthetic_faces as sf
 
 # A tiny config keeps the builds fast; it exercises the same code as `small`.
 TINY = dict(image_size=16, forget_identities=3, retain_identities=5,

@@ -9,6 +9,7 @@ from absl.testing import parameterized
 
 import trees_testing
 
+from mufax import datasets
 from mufax import engine
 from mufax import executors
 from mufax import models
@@ -39,13 +40,13 @@ SGD_METHODS = ('finetune', 'cf_k', 'neggrad', 'advanced_neggrad', 'unsir',
                'l1_sparse', 'msg', 'ct')
 
 
-def sized_context(task, n_forget, n_retain, protocol='paper', **hparams):
-  """A context with only split sizes, enough to plan steps."""
+def sized_context(dataset, n_forget, n_retain, protocol='paper', **hparams):
+  """A context of `dataset`'s task with only split sizes, enough to plan
+  steps."""
   data = {'forget': {'label': np.zeros(n_forget)},
           'retain': {'label': np.zeros(n_retain)}}
-  return unlearning.Context(
-      loss='sigmoid' if task == 'multilabel' else 'softmax', task=task,
-      protocol=protocol, data=data, seeds=(42,), hparams=hparams)
+  return unlearning.Context(task=datasets.task_of(dataset), protocol=protocol,
+                            data=data, seeds=(42,), hparams=hparams)
 
 
 def step_counts(ctx, method):
@@ -75,12 +76,13 @@ def originals(model, count):
           compiler_options={'xla_backend_optimization_level': 1})(keys)
 
 
-def tiny_context(devices=None, *, protocol='paper', task='mufac',
+def tiny_context(devices=None, *, protocol='paper', dataset='mufac/paper',
                  seeds=(42,), members_per_call=None, executor='auto',
                  **hparams):
-  """A tiny model's context and a population of originals, one per seed."""
-  sigmoid = task == 'multilabel'
-  model = models.ResNetTiny(num_outputs=3 if sigmoid else 8)
+  """A tiny model's context on `dataset`'s task (MUFAC's or multi-label
+  MUCAC's) and a population of originals, one per seed."""
+  task = datasets.task_of(dataset)
+  model = models.ResNetTiny(num_outputs=task.num_outputs)
   # 46 retain examples: the short last batch (6), where an objective does
   # not pad it, cannot be sharded over 4 devices and is computed whole on
   # each (a batch of 2 would be degenerate
@@ -88,17 +90,15 @@ def tiny_context(devices=None, *, protocol='paper', task='mufac',
   # grows as 1/|x1 - x2| and turns rounding into percent); 20 forget: a
   # short batch of 4.
   data = {'forget': fixture_data(20, 1), 'retain': fixture_data(46, 2)}
-  if sigmoid:
+  if task.loss == 'sigmoid':
     data = {name: multilabel(split) for name, split in data.items()}
-  loss = 'sigmoid' if sigmoid else 'softmax'
   ctx = unlearning.Context(
-      loss=loss, task=task, protocol=protocol, data=data,
-      engine=engine.Engine(model, loss=loss, splits=data, log_every_s=1e9,
-                           devices=devices,
+      task=task, protocol=protocol, data=data,
+      engine=engine.Engine(model, loss=task.loss, splits=data,
+                           log_every_s=1e9, devices=devices,
                            members_per_call=members_per_call,
                            executor=executor),
-      seeds=tuple(seeds), num_outputs=3 if sigmoid else 8,
-      hparams={'batch_size': BATCH, **hparams})
+      seeds=tuple(seeds), hparams={'batch_size': BATCH, **hparams})
   return ctx, originals(model, len(seeds))
 
 
@@ -119,7 +119,7 @@ class StepPlanTest(parameterized.TestCase):
   """Update steps on full-size splits equal the reference's (protocol §5)."""
 
   def test_mufac(self):
-    ctx = sized_context('mufac', n_forget=1500, n_retain=8525)
+    ctx = sized_context('mufac/paper', n_forget=1500, n_retain=8525)
     # Retain: 133 batches of 64 and one of 13 per epoch; forget: 23 and 28.
     self.assertEqual(step_counts(ctx, 'finetune'), [268])
     self.assertEqual(step_counts(ctx, 'cf_k'), [268])
@@ -132,7 +132,7 @@ class StepPlanTest(parameterized.TestCase):
     self.assertEqual(step_counts(ctx, 'scrub'), [2 * (134 + 24)])
 
   def test_mucac_multilabel(self):
-    ctx = sized_context('multilabel', n_forget=10183, n_retain=15750)
+    ctx = sized_context('mucac/multilabel', n_forget=10183, n_retain=15750)
     # Forget: 159 full batches and one of 7; retain: 246 and one of 6.
     self.assertEqual(step_counts(ctx, 'neggrad'), [2 * 159])
     self.assertEqual(step_counts(ctx, 'advanced_neggrad'), [2 * 159])
@@ -141,7 +141,7 @@ class StepPlanTest(parameterized.TestCase):
     self.assertEqual(step_counts(ctx, 'scrub'), [2 * 247])
 
   def test_mucac_binary(self):
-    ctx = sized_context('binary', n_forget=10183, n_retain=15750)
+    ctx = sized_context('mucac/gender', n_forget=10183, n_retain=15750)
     # 494 retain steps; retain is short at 246 and 493, forget at 159, 319
     # and 479.
     self.assertEqual(step_counts(ctx, 'neggrad'), [489])
@@ -158,7 +158,7 @@ class StepPlanTest(parameterized.TestCase):
                           range(128))
 
   def test_overrides(self):
-    ctx = sized_context('mufac', 1500, 8525, epochs=1, k=2)
+    ctx = sized_context('mufac/paper', 1500, 8525, epochs=1, k=2)
     self.assertEqual(step_counts(ctx, 'finetune'), [134])
     self.assertEqual(unlearning.METHODS['cf_k'].row_names(ctx), ['cf2'])
     self.assertEqual(unlearning.METHODS['cf_k'].stages(ctx)[0].trainable,
@@ -166,18 +166,18 @@ class StepPlanTest(parameterized.TestCase):
 
   def test_batchnorm_modes(self):
     # The reference's eval-mode quirk: MUFAC fine-tuning and UNSIR only.
-    for protocol, task, method, modes in (
-        ('paper', 'mufac', 'finetune', [False]),
-        ('paper', 'mufac', 'unsir', [False, False]),
-        ('paper', 'mufac', 'scrub', [True]),
-        ('paper', 'mufac', 'neggrad', [True]),
-        ('paper', 'binary', 'unsir', [True, True]),
-        ('clean', 'mufac', 'finetune', [True]),
-        ('clean', 'mufac', 'unsir', [True, True])):
-      ctx = sized_context(task, 1500, 8525, protocol=protocol)
+    for protocol, dataset, method, modes in (
+        ('paper', 'mufac/paper', 'finetune', [False]),
+        ('paper', 'mufac/paper', 'unsir', [False, False]),
+        ('paper', 'mufac/paper', 'scrub', [True]),
+        ('paper', 'mufac/paper', 'neggrad', [True]),
+        ('paper', 'mucac/gender', 'unsir', [True, True]),
+        ('clean', 'mufac/paper', 'finetune', [True]),
+        ('clean', 'mufac/paper', 'unsir', [True, True])):
+      ctx = sized_context(dataset, 1500, 8525, protocol=protocol)
       self.assertEqual(
           [s.bn_train for s in unlearning.METHODS[method].stages(ctx)], modes,
-          (protocol, task, method))
+          (protocol, dataset, method))
 
   def test_cf_k_range(self):
     with self.assertRaisesRegex(ValueError, 'k=7'):
@@ -255,8 +255,8 @@ class MethodBehaviourTest(parameterized.TestCase):
                                                      other_kl):
     """Multi-label SCRUB's KL: a softmax over the 3 attribute logits under
     `paper` (the reference's), per-attribute Bernoulli under `clean`."""
-    ctx, original = tiny_context(task='multilabel', protocol=protocol,
-                                 epochs=1)
+    ctx, original = tiny_context(dataset='mucac/multilabel',
+                                 protocol=protocol, epochs=1)
     distillation = unlearning.METHODS['scrub'].stages(ctx)[0].objectives[
         'retain']
     images = jnp.asarray(ctx.data['retain']['image'][:BATCH] / 255.0,
@@ -311,7 +311,7 @@ class MethodBehaviourTest(parameterized.TestCase):
   @parameterized.parameters(('scrub', 'paper'), ('scrub', 'clean'),
                             ('neggrad', 'paper'), ('unsir', 'paper'))
   def test_multilabel_task(self, method, protocol):
-    ctx, original = tiny_context(task='multilabel',
+    ctx, original = tiny_context(dataset='mucac/multilabel',
                                  protocol=protocol, epochs=1, lr=0.05)
     start = host(original)
     for row in rows_of(ctx, method, original).values():

@@ -1,11 +1,12 @@
 """The base of every face dataset builder: one schema, one set of split rules.
 
 A concrete builder lists its examples per split (`_read_index`) and turns one
-listed example into an image (`_image`); this base writes the five splits with
-the common features, in listed order, after proving the splits are disjoint by
-identity. Validation happens before anything is written, and TFDS writes into
-an `incomplete.*` folder that it deletes on failure, so a failed build leaves
-nothing that looks complete.
+listed example into an image (`_image`); each of its configs declares its
+task, from which the `label` feature follows. This base writes the five splits
+with the common features, in listed order, after proving the splits are
+disjoint by identity. Validation happens before anything is written, and TFDS
+writes into an `incomplete.*` folder that it deletes on failure, so a failed
+build leaves nothing that looks complete.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import tensorflow_datasets as tfds
 
+from mufax import tasks
 from mufax.data import splits as splits_lib
 from mufax.data.errors import DataError
 
@@ -45,14 +48,27 @@ def face_features(label: tfds.features.FeatureConnector, image_size: int,
   })
 
 
+@dataclasses.dataclass(eq=False)
+class FaceConfig(tfds.core.BuilderConfig):
+  """A config of a face dataset: `name/config` is a dataset of the benchmark,
+  and `task` is what it asks the model to predict."""
+  task: tasks.Task = dataclasses.field(kw_only=True)
+
+
 class FaceDatasetBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
-  """Writes `train`, `retain`, `forget`, `test`, `unseen` with common features."""
+  """Writes `train`, `retain`, `forget`, `test`, `unseen` with common features.
+
+  Every config in BUILDER_CONFIGS is a FaceConfig.
+  """
 
   IMAGE_ENCODING = 'png'
 
-  @abc.abstractmethod
   def _label_feature(self) -> tfds.features.FeatureConnector:
-    """The `label` feature."""
+    """The `label` feature of the config's task."""
+    task = self.builder_config.task
+    if task.loss == 'sigmoid':
+      return tfds.features.Tensor(shape=(task.num_outputs,), dtype=np.int64)
+    return tfds.features.ClassLabel(names=task.label_names)
 
   @abc.abstractmethod
   def _image_size(self) -> int:
@@ -71,10 +87,6 @@ class FaceDatasetBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
   @abc.abstractmethod
   def _image(self, record: FaceRecord) -> Any:
     """What the `image` feature stores for `record`: encoded bytes or PIL."""
-
-  def label_names(self) -> list[str]:
-    """Names of the classes, or of the attributes of a multi-label task."""
-    return list(self.info.features['label'].names)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(

@@ -20,7 +20,7 @@ from absl import flags
 import numpy as np
 import tensorflow_datasets as tfds
 
-import datasets_builders
+from mufax import datasets
 from mufax import input_pipeline
 from mufax.data import splits as splits_lib
 from mufax.data.errors import DataError
@@ -30,19 +30,13 @@ DEFAULT_DATA_DIR = os.environ.get(
     'TFDS_DATA_DIR', os.path.join(os.path.expanduser('~'), 'tensorflow_datasets'))
 
 
-def dataset_names() -> list[str]:
-  """Every `name/config` the benchmark's builders provide."""
-  return sorted(
-      f'{cls.name}/{config.name}'
-      for cls in datasets_builders.BUILDERS
-      for config in cls.BUILDER_CONFIGS)
-
-
 def get_builder(dataset: str, *, data_dir: str) -> FaceDatasetBuilder:
-  """The TFDS builder of `dataset` (`name` or `name/config`), array_record."""
-  known = dataset_names()
-  if dataset not in known and not any(k.startswith(dataset + '/') for k in known):
-    raise DataError(f'Unknown dataset {dataset!r}; choose one of {known}.')
+  """The TFDS builder of `dataset` (`name` or `name/config`), array_record.
+
+  Raises:
+    DataError: `dataset` is unknown (`datasets.config_of`).
+  """
+  datasets.config_of(dataset)  # One line, where TFDS would raise many.
   return tfds.builder(dataset, data_dir=data_dir, file_format='array_record')
 
 
@@ -92,7 +86,7 @@ def describe(builder: FaceDatasetBuilder) -> dict:
                     'class_counts': [int(c) for c in counts]}
   return {
       'dataset': builder.info.full_name.rsplit('/', 1)[0],
-      'label_names': builder.label_names(),
+      'label_names': list(builder.builder_config.task.label_names),
       'splits': stats,
       'identity_overlap': splits_lib.identity_overlap(identities),
   }

@@ -194,7 +194,7 @@ class BadTeachingMethod(core.SGDMethod):
     plan = mixed_plan(ctx.size('forget'), subset, hp.batch_size,
                       epochs=hp.epochs, seed=ctx.seed)
     objective = BadTeaching(hp.temperature,
-                            bernoulli=ctx.loss == 'sigmoid').objective()
+                            bernoulli=ctx.task.loss == 'sigmoid').objective()
     return [core.Stage(
         row='bad_teaching', plan=plans.step_plan('distil', plan),
         objectives={'distil': objective}, learning_rate=hp.lr,

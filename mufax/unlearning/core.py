@@ -28,6 +28,7 @@ from mufax import gradient_sums
 from mufax import objectives as objectives_lib
 from mufax import optimizers
 from mufax import plans
+from mufax import tasks
 
 METHODS: dict[str, Method] = {}
 
@@ -46,6 +47,9 @@ def register(name: str):
 
 # The source of the defaults of the paper's methods.
 REFERENCE_SOURCE = 'protocol §5 (the reference notebooks)'
+# Whether the reference notebook of each task family fine-tuned and ran UNSIR
+# with the model in eval mode (`Context.bn_train`).
+REFERENCE_EVAL_MODE = {'mufac': True, 'multilabel': False, 'binary': False}
 
 
 def hparam(default, *, source: str, minimum=None, maximum=None,
@@ -54,8 +58,8 @@ def hparam(default, *, source: str, minimum=None, maximum=None,
   """A hyperparameter field: its default, where that default comes from (a
   paper, a reference implementation, or mufax's choice), and the values it
   may take. Where the reference's value depends on the task, the default is
-  None and `per_task` holds it for each protocol §4 task
-  (`Hparams.for_task`)."""
+  None and `per_task` holds it for each task family (`tasks.FAMILIES`,
+  `Hparams.for_task`)."""
   return dataclasses.field(default=default, metadata={
       'source': source, 'minimum': minimum, 'maximum': maximum,
       'positive': positive, 'choices': choices, 'per_task': per_task})
@@ -123,11 +127,12 @@ class Hparams:
                          f'{" or ".join(k.__name__ for k in kinds[name])}.')
     return cls.from_overrides(section)
 
-  def for_task(self, task: str) -> Hparams:
+  def for_task(self, task: tasks.Task) -> Hparams:
     """These values, with each field left at None set to its `per_task`
-    value for `task`."""
+    value for `task`'s family."""
     return dataclasses.replace(self, **{
-        f.name: f.metadata['per_task'][task] for f in dataclasses.fields(self)
+        f.name: task.per_family(f.metadata['per_task'])
+        for f in dataclasses.fields(self)
         if getattr(self, f.name) is None and f.metadata.get('per_task')})
 
   @classmethod
@@ -155,11 +160,8 @@ class SGDHparams(Hparams):
 @dataclasses.dataclass
 class Context:
   """Everything a method may use; built once per run by the runner."""
-  # 'softmax' or 'sigmoid' (losses.LOSSES).
-  loss: str
-  # Protocol §4/§5 row: 'mufac', 'multilabel' or 'binary'
-  # (tasks.task_of(dataset).family).
-  task: str
+  # What the model predicts: its loss, outputs and family.
+  task: tasks.Task
   # 'paper' (the reference's quirks) or 'clean'.
   protocol: str
   # {'forget', 'retain', ...} -> {'label', ...}: what plans are made from.
@@ -168,8 +170,6 @@ class Context:
   seeds: tuple[int, ...]
   # Runs the stages; None where only plans are wanted.
   engine: engine_lib.Engine | None = None
-  # Classes of a softmax task, attributes of a sigmoid one.
-  num_outputs: int = 0
   # Values of `config.unlearn.<method>`: overrides of the method's
   # `Hparams` (None or absent keeps the default).
   hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -199,7 +199,7 @@ class Context:
     both UNSIR stages (`reference_eval`); `paper` keeps that quirk.
     """
     return not (reference_eval and self.protocol == 'paper'
-                and self.task == 'mufac')
+                and self.task.per_family(REFERENCE_EVAL_MODE))
 
 
 @dataclasses.dataclass

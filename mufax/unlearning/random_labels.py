@@ -141,7 +141,7 @@ def relabel_stage(ctx: core.Context, row: str, hp: RandomLabelsHparams,
   return core.Stage(
       row=row, plan=plan,
       objectives={'forget': objectives.Objective(
-          RandomLabelForgetLoss(ctx.num_outputs, hp.labels)),
+          RandomLabelForgetLoss(ctx.task.num_outputs, hp.labels)),
                   'retain': finetune.RETAIN_LOSS},
       learning_rate=hp.lr, bn_train=ctx.bn_train(), epochs=hp.epochs,
       momentum=hp.momentum, **stage)

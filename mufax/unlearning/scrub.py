@@ -21,7 +21,7 @@ from mufax import objectives
 from mufax import plans
 from mufax.unlearning import core
 
-# Whether an epoch has a forget pass, per protocol §4 task: the multi-label
+# Whether an epoch has a forget pass, per task family: the multi-label
 # notebook has none.
 FORGET_PASS = {'mufac': True, 'binary': True, 'multilabel': False}
 
@@ -89,8 +89,9 @@ class SCRUB(core.SGDMethod):
 
   def stages(self, ctx):
     hp = self.hparams(ctx).for_task(ctx.task)
-    lr, epochs, forget_pass = hp.lr, hp.epochs, FORGET_PASS[ctx.task]
-    bernoulli = ctx.loss == 'sigmoid' and ctx.protocol == 'clean'
+    lr, epochs = hp.lr, hp.epochs
+    forget_pass = ctx.task.per_family(FORGET_PASS)
+    bernoulli = ctx.task.loss == 'sigmoid' and ctx.protocol == 'clean'
     by_step = {
         name: Distillation(name, sign, hp.temperature, bernoulli).objective()
         for name, sign in (('retain', 1), ('forget', -1))}
@@ -105,4 +106,5 @@ class SCRUB(core.SGDMethod):
                        teachers=('original',))]
 
   def settings(self, ctx):
-    return super().settings(ctx) | {'forget_pass': FORGET_PASS[ctx.task]}
+    return super().settings(ctx) | {
+        'forget_pass': ctx.task.per_family(FORGET_PASS)}

@@ -4,9 +4,8 @@ Built from CelebA-HQ in the manual directory: the images `CelebA-HQ-img/N.jpg`
 (1024x1024, resized here to 128x128 as torchvision's `Resize(128)` does) and the
 two text files `CelebA-HQ-identity.txt` and `CelebA-HQ-attribute.txt`. Splits
 follow the identity number (docs/protocol.md §2.2): test < 190 <= forget < 1250
-<= retain < 4855 <= unseen. Configs: `multilabel` (label = [gender, smiling,
-young], each 0/1) and one binary task per attribute (`gender`, `smiling`,
-`young`).
+<= retain < 4855 <= unseen. Configs: `multilabel` (label = one 0/1 value per
+attribute of ATTRIBUTES) and one binary task per attribute, named after it.
 
 `read_metadata` and `split_by_identity` are pure functions of the two text
 files, so splits and labels can be checked without the images.
@@ -17,9 +16,9 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import numpy as np
 import tensorflow_datasets as tfds
 
+from mufax import tasks
 from mufax.data import face_builder
 from mufax.data import images
 from mufax.data.errors import DataError
@@ -30,14 +29,26 @@ IMAGE_DIR = 'CelebA-HQ-img'
 # The folder the reference notebooks read the three from, if present.
 RELEASE_DIR = 'CelebAMask-HQ'
 IMAGE_SIZE = 128
-# Task name -> CelebA attribute; the reference reads tokens 21, 32 and 40 of a
-# row whose token 0 is the file name.
-TASKS = {'gender': 'Male', 'smiling': 'Smiling', 'young': 'Young'}
-ATTRIBUTE_POSITIONS = {'Male': 20, 'Smiling': 31, 'Young': 39}
 NUM_ATTRIBUTES = 40
-CLASS_NAMES = {'gender': ('female', 'male'),
-               'smiling': ('not_smiling', 'smiling'),
-               'young': ('not_young', 'young')}
+
+
+@dataclasses.dataclass(frozen=True)
+class Attribute:
+  """A CelebA attribute that MUCAC predicts."""
+  celeba_name: str
+  # Its index among the attribute file's names; the reference reads token
+  # position + 1 of a row, whose token 0 is the file name.
+  position: int
+  # The classes of its binary task, label 0 then 1.
+  class_names: tuple[str, str]
+
+
+# Task name -> attribute, in the order of the multi-label task's outputs.
+ATTRIBUTES = {
+    'gender': Attribute('Male', 20, ('female', 'male')),
+    'smiling': Attribute('Smiling', 31, ('not_smiling', 'smiling')),
+    'young': Attribute('Young', 39, ('not_young', 'young')),
+}
 # Lowest identity number of each split after `test` (docs/protocol.md §2.2).
 SPLIT_STARTS = (('forget', 190), ('retain', 1250), ('unseen', 4855))
 
@@ -55,7 +66,7 @@ https://github.com/switchablenorms/CelebAMask-HQ), and the files
 class MucacRow:
   file_name: str
   identity: int
-  attributes: tuple[int, int, int]  # gender, smiling, young as 0/1.
+  attributes: tuple[int, ...]  # 0/1 per attribute of ATTRIBUTES, in order.
   origin: str
 
 
@@ -82,12 +93,14 @@ def read_metadata(identity_text: str, attribute_text: str, *,
     raise DataError(f'{attribute_origin} is too short: it needs a count line, '
                     'a line of attribute names and one row per image.')
   names = lines[1].split()
-  for attribute, position in ATTRIBUTE_POSITIONS.items():
-    if len(names) != NUM_ATTRIBUTES or names[position] != attribute:
+  for attribute in ATTRIBUTES.values():
+    if (len(names) != NUM_ATTRIBUTES
+        or names[attribute.position] != attribute.celeba_name):
       raise DataError(
           f'{attribute_origin} line 2: expected {NUM_ATTRIBUTES} attribute '
-          f'names with {attribute!r} as name {position + 1}, got '
-          f'{len(names)} names. Use the CelebA-HQ attribute file as released.')
+          f'names with {attribute.celeba_name!r} as name '
+          f'{attribute.position + 1}, got {len(names)} names. Use the '
+          'CelebA-HQ attribute file as released.')
   attributes = {}
   for line_no, line in enumerate(lines[2:], start=3):
     tokens = line.split()
@@ -99,12 +112,12 @@ def read_metadata(identity_text: str, attribute_text: str, *,
           f'{NUM_ATTRIBUTES} values, got {len(tokens)} tokens. Correct or '
           'delete the line.')
     values = []
-    for task, attribute in TASKS.items():
-      value = tokens[ATTRIBUTE_POSITIONS[attribute] + 1]
+    for attribute in ATTRIBUTES.values():
+      value = tokens[attribute.position + 1]
       if value not in ('1', '-1'):
         raise DataError(
-            f'{attribute_origin} line {line_no}: {attribute} is {value!r}; '
-            'attribute values must be 1 or -1. Correct the value.')
+            f'{attribute_origin} line {line_no}: {attribute.celeba_name} is '
+            f'{value!r}; attribute values must be 1 or -1. Correct the value.')
       values.append(int(value == '1'))
     attributes[tokens[0]] = (tuple(values), line_no)
   declared = lines[0].strip()
@@ -147,11 +160,6 @@ def split_by_identity(rows: list[MucacRow]) -> dict[str, list[MucacRow]]:
   return index
 
 
-@dataclasses.dataclass(eq=False)
-class MucacConfig(tfds.core.BuilderConfig):
-  task: str = 'multilabel'  # Or one of TASKS.
-
-
 class Mucac(face_builder.FaceDatasetBuilder):
   """MUCAC celebrity attribute classification with identity-keyed splits."""
 
@@ -159,21 +167,18 @@ class Mucac(face_builder.FaceDatasetBuilder):
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
   BUILDER_CONFIGS = [
-      MucacConfig(name='multilabel', task='multilabel', description=(
-          'Three binary labels: gender (male), smiling, young.'))
-  ] + [MucacConfig(name=task, task=task, description=(
-      f'Binary {task} ({TASKS[task]}) classification.')) for task in TASKS]
-
-  def _label_feature(self):
-    task = self.builder_config.task
-    if task == 'multilabel':
-      return tfds.features.Tensor(shape=(len(TASKS),), dtype=np.int64)
-    return tfds.features.ClassLabel(names=CLASS_NAMES[task])
-
-  def label_names(self):
-    if self.builder_config.task == 'multilabel':
-      return list(TASKS)
-    return super().label_names()
+      face_builder.FaceConfig(
+          name='multilabel', description=(
+              'Three binary labels: gender (male), smiling, young.'),
+          task=tasks.Task(name='multilabel', family='multilabel',
+                          loss='sigmoid', label_names=tuple(ATTRIBUTES),
+                          benchmark='mucac'))
+  ] + [face_builder.FaceConfig(
+      name=name, description=(
+          f'Binary {name} ({attribute.celeba_name}) classification.'),
+      task=tasks.Task(name=name, family='binary', loss='softmax',
+                      label_names=attribute.class_names, benchmark='mucac'))
+       for name, attribute in ATTRIBUTES.items()]
 
   def _image_size(self):
     return IMAGE_SIZE
@@ -205,8 +210,8 @@ class Mucac(face_builder.FaceDatasetBuilder):
           f'{absent[0].origin}, is missing ({len(absent)} of {len(rows)} '
           'listed images are).' + _INSTRUCTIONS)
     task = self.builder_config.task
-    label_of = ((lambda a: a) if task == 'multilabel' else
-                (lambda a: a[list(TASKS).index(task)]))
+    label_of = ((lambda a: a) if task.loss == 'sigmoid' else
+                (lambda a: a[list(ATTRIBUTES).index(task.name)]))
     return {split: [face_builder.FaceRecord(
         file_name=f'{IMAGE_DIR}/{r.file_name}', identity=str(r.identity),
         label=label_of(r.attributes), origin=r.origin) for r in split_rows]
