@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(ROOT, 'benchmarks', 'results')
 BENCHMARKS_MD = os.path.join(ROOT, 'BENCHMARKS.md')
 MARKERS = re.compile(r'<!-- begin: (\w+) -->\n.*?<!-- end: \1 -->', re.S)
-WIDTH = 76  # of a command's lines
+WIDTH = 79  # of the lines outside tables
 
 
 def _fmt(value, digits: int = 1) -> str:
@@ -44,7 +44,7 @@ def _fmt(value, digits: int = 1) -> str:
 
 
 def _paragraph(text: str) -> list[str]:
-  return textwrap.wrap(text, WIDTH + 3, break_long_words=False,
+  return textwrap.wrap(text, WIDTH, break_long_words=False,
                        break_on_hyphens=False)
 
 
@@ -285,11 +285,12 @@ SECTIONS = {
 
 def shell_block(command: str) -> list[str]:
   """`command` in a sh block, broken before its flags into lines of at most
-  `WIDTH` characters where it can be."""
+  `WIDTH` characters (with the ' \\') where it can be."""
   lines = ['']
-  for word in command.split(' '):
+  # Words as metadata.command quotes them: a quoted space is no break.
+  for word in re.findall(r"(?:[^\s']+|'[^']*')+", command):
     if (lines[-1] and word.startswith('--')
-        and len(lines[-1]) + 1 + len(word) > WIDTH):
+        and len(lines[-1]) + 1 + len(word) + len(' \\') > WIDTH):
       lines[-1] += ' \\'
       lines.append('   ')
     lines[-1] += (' ' if lines[-1] else '') + word
