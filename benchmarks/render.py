@@ -237,13 +237,10 @@ class Section:
   table: Callable[[dict], list[str]]
 
 
-def _command(benchmark: str, flags: str, json_name: str) -> str:
-  return (f'python -m benchmarks.{benchmark} {flags}'.rstrip()
-          + f' --json=benchmarks/results/{json_name}')
-
-
 def _section(json_name: str, benchmark: str, flags: str, table) -> Section:
-  return Section(json_name, _command(benchmark, flags, json_name), table)
+  return Section(json_name, ' '.join(
+      [f'python -m benchmarks.{benchmark}'] + ([flags] if flags else [])
+      + [f'--json=benchmarks/results/{json_name}']), table)
 
 
 SECTIONS = {
