@@ -5,8 +5,8 @@ On a machine with one GPU or TPU and nothing installed but the test
 requirements:
 
   pip install -r requirements-test.txt
-  python -m benchmarks.device_check --json=device_check.json \
-      --benchmarks_md=BENCHMARKS.md
+  python -m benchmarks.device_check \
+      --json=benchmarks/results/device_check.json --benchmarks_md=BENCHMARKS.md
 
 It runs, on the devices JAX finds (or those of `--platform`):
 
@@ -27,10 +27,10 @@ It runs, on the devices JAX finds (or those of `--platform`):
    (`configs/quickstart_population.py`, 16 members and the extended
    evaluation), each with its wall time and its table's main figures.
 
-Every figure goes to `--json` and a Markdown table beside it (`.md`);
-`--benchmarks_md` also writes that table into the "## GPU" section of
-BENCHMARKS.md. It is sized to end within 8 minutes on one current GPU (the
-population quick start dominates); no GPU has run it yet.
+Every figure goes to `--json` (laid out as benchmarks/metadata.py does);
+the tables are printed, and `--benchmarks_md` renders them into that file's
+`device_check` section (benchmarks/render.py). It is sized to end within 8
+minutes on one current GPU (the population quick start dominates).
 
 `--platform=cpu` runs the same on the host's CPU (with 4 CPU devices, so
 that the device check compares 4 with 1), shortened so that it ends within 8
@@ -47,13 +47,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import os
-import platform as platform_lib
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from absl import app
 from absl import flags
@@ -61,10 +58,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import metadata
+from benchmarks import quickstart
+from benchmarks import render
 from mufax import datasets
 from mufax import engine as engine_lib
 from mufax import executors
-from mufax import experiment
 from mufax import models
 from mufax import objectives
 from mufax import optimizers
@@ -75,12 +74,11 @@ from mufax import unlearning
 _PLATFORM = flags.DEFINE_string(
     'platform', '', "JAX platform to run on (cpu, gpu, tpu); '': JAX's "
     'choice.')
-_JSON = flags.DEFINE_string('json', None, 'Write every figure here (and a '
-                            'Markdown table to the same name with .md).',
+_JSON = flags.DEFINE_string('json', None, 'Write every figure here.',
                             required=True)
 _BENCHMARKS_MD = flags.DEFINE_string(
-    'benchmarks_md', None, 'Also replace the "## GPU" section of this file '
-    '(BENCHMARKS.md) with the table.')
+    'benchmarks_md', None, 'Also render the tables into the device_check '
+    'section of this file (BENCHMARKS.md).')
 _SHORT = flags.DEFINE_boolean(
     'short', None, 'Shortened runs (see the module docstring); default: on '
     'CPU only.')
@@ -281,86 +279,13 @@ def run_quickstart(config_name: str, workdir: str, settings) -> dict:
     config.model.num_filters = 0
   if settings['methods'][config_name]:
     config.methods = settings['methods'][config_name]
-  out = os.path.join(workdir, config_name)
-  start = time.perf_counter()
-  records = experiment.run(config, out)
-  wall = time.perf_counter() - start
-  keys = ('method', 'accuracy', 'mia', 'nomus', 'update_steps',
-          'wall_seconds', 'compile_seconds')
-  # The extended evaluation's forget quality and attack, where it ran.
-  extended = ('F', 'lira_accuracy')
   return {'config': f'configs/{config_name}.py',
-          'methods': config.methods, 'model': config.model.name,
-          'population': config.population.size,
-          'epochs': config.original.epochs,
-          'wall_s': round(wall, 1), 'workdir': out,
-          'rows': [{k: r[k] for k in keys if k in r}
-                   | {k: r['evaluation'][k] for k in extended
-                      if k in r.get('evaluation', {})} for r in records]}
-
-
-# ----------------------------------------------------------------- reports
-
-
-def markdown(report: Mapping) -> str:
-  machine = report['machine']
-  lines = [
-      f'{machine["devices"]} ({machine["platform"]}), jax '
-      f'{machine["jax"]}, Python {machine["python"]}'
-      + (' — shortened CPU run (`--platform=cpu`): it shows the path works, '
-         'not how fast a device is' if report['short'] else '') + '.', '',
-      '```sh', report['command'], '```', '']
-  if report.get('checks'):
-    lines += ['| check | of | value | bound | |', '|---|---|---|---|---|']
-    lines += [f'| {c["check"]} | {c["of"]} | {c["value"]:.3g} | '
-              f'{c["bound"]:g} ({c["detail"]}) | '
-              f'{"passed" if c["passed"] else "**failed**"} |'
-              for c in report['checks']]
-    lines.append('')
-  if report.get('throughput'):
-    lines += ['| ResNet-18 width | image | dtype | members | executor | '
-              'img/s | ms/step | compile s |',
-              '|---|---|---|---|---|---|---|---|']
-    lines += [f'| {t["width"]} | {t["image_size"]} | {t["dtype"]} | '
-              f'{t["members"]} | {t["executor"]} | {t["img_per_s"]} | '
-              f'{t["ms_per_step"]} | {t["compile_s"]} |'
-              for t in report['throughput']]
-    lines.append('')
-  for key in ('quickstart', 'population'):
-    run = report.get(key)
-    if not run:
-      continue
-    lines += [f'`{run["config"]}` (methods {run["methods"]}; '
-              f'{run["model"]}), population {run["population"]}, '
-              f'{run["epochs"]} epochs from scratch: **wall '
-              f'{run["wall_s"]:.0f} s**', '',
-              '| method | accuracy | MIA | NoMUS | F | attack | seconds |',
-              '|---|---|---|---|---|---|---|']
-    fmt = lambda v: '' if v is None else f'{v:.4f}'
-    lines += [f'| {r["method"]} | {fmt(r.get("accuracy"))} | '
-              f'{fmt(r.get("mia"))} | {fmt(r.get("nomus"))} | '
-              f'{fmt(r.get("F"))} | {fmt(r.get("lira_accuracy"))} | '
-              f'{r.get("wall_seconds", 0):.1f} |' for r in run['rows']]
-    lines.append('')
-  return '\n'.join(lines)
-
-
-def write_section(path: str, body: str) -> None:
-  """Replaces the "## GPU" section of `path` (to the next "## " heading)."""
-  with open(path) as f:
-    text = f.read()
-  heading = '## GPU\n'
-  if heading not in text:
-    raise SystemExit(f'{path} has no "## GPU" heading to fill.')
-  before, after = text.split(heading, 1)
-  rest = after.find('\n## ')
-  after = after[rest + 1:] if rest >= 0 else ''
-  with open(path, 'w') as f:
-    f.write(before + heading + '\n' + body + '\n' + (after and '\n' + after))
+          **quickstart.run(config, os.path.join(workdir, config_name))}
 
 
 def main(argv):
   del argv
+  recorder = metadata.Recorder()
   if _PLATFORM.value == 'cpu':
     # Before JAX starts its CPU backend (importing it starts none): 4
     # devices, to compare with 1.
@@ -371,16 +296,7 @@ def main(argv):
   short = (_SHORT.value if _SHORT.value is not None
            else jax.default_backend() == 'cpu')
   settings = SHORT if short else FULL
-  device = jax.devices()[0]
-  report = {
-      'command': 'python -m benchmarks.device_check ' + ' '.join(
-          a for a in sys.argv[1:] if not a.startswith('--json')),
-      'short': short, 'settings': settings,
-      'machine': {'platform': device.platform,
-                  'devices': f'{jax.device_count()} x {device.device_kind}',
-                  'jax': jax.__version__,
-                  'python': platform_lib.python_version(),
-                  'cpu_count': os.cpu_count()}}
+  report = {'short': short, 'settings': settings}
   began = time.perf_counter()
   workdir = _WORKDIR.value
   with (contextlib.nullcontext(workdir) if workdir
@@ -403,14 +319,10 @@ def main(argv):
           time.perf_counter() - start, 1)
       # Written after every section: a later failure loses nothing.
       report['wall_s'] = round(time.perf_counter() - began, 1)
-      with open(_JSON.value, 'w') as f:
-        json.dump(report, f, indent=1)
-  body = markdown(report)
-  with open(os.path.splitext(_JSON.value)[0] + '.md', 'w') as f:
-    f.write(body + '\n')
+      record = recorder.write(_JSON.value, report)
+  print(render.render_section('device_check', record))
   if _BENCHMARKS_MD.value:
-    write_section(_BENCHMARKS_MD.value, body)
-  print(body)
+    render.update(_BENCHMARKS_MD.value, {'device_check': record})
   failed = [c for c in report.get('checks', []) if not c['passed']]
   log(f'done in {report["wall_s"]:.0f} s; '
       + (f'{len(failed)} check(s) FAILED' if failed else 'every check passed'))

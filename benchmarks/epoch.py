@@ -56,7 +56,7 @@ bookkeeping and the copies back to the host included. Compilation is
 excluded from both (none happens in a timed epoch; it is reported if it
 does).
 
-  python -m benchmarks.epoch --json=runs/benchmarks/epoch64.json
+  python -m benchmarks.epoch --json=benchmarks/results/epoch.json
 
 The data are prepared with TFDS if needed (`--data_dir`, from the archive in
 `--manual_dir`). PyTorch and torchvision are optional dependencies needed only
@@ -69,7 +69,6 @@ import csv
 import dataclasses
 import glob
 import importlib.util
-import json
 import os
 import statistics
 import time
@@ -82,6 +81,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks import metadata
 from configs import default
 from mufax import cluster
 from mufax import compilation
@@ -449,10 +449,10 @@ def summary(epochs: list[dict], train_images: int, test_images: int) -> dict:
 
 def main(argv):
   del argv
+  recorder = metadata.Recorder()
   if _TORCH_THREADS.value:
     torch.set_num_threads(_TORCH_THREADS.value)
   size = _IMAGE_SIZE.value
-  load_before = os.getloadavg()
 
   start = time.perf_counter()
   splits = load_splits(_DATA_DIR.value, _MANUAL_DIR.value, _EXAMPLES.value)
@@ -501,27 +501,16 @@ def main(argv):
   r['warmup_steps'] = _TORCH_WARMUP_STEPS.value
   ratio = {part: r[f'{part}_seconds'] / m[f'{part}_seconds']
            for part in ('train', 'eval', 'total')}
-  backend = jax.default_backend()
-  jax_device = (f'{os.cpu_count()} CPU cores' if backend == 'cpu'
-                else jax.devices()[0].device_kind)
-  load_after = os.getloadavg()
   results = {
       'mufax': m, 'reference': r, 'ratio': ratio,
-      'device': f'jax {backend} ({jax_device}); torch {reference.device} ('
-                + (torch.cuda.get_device_name() if reference.device == 'cuda'
-                   else f'{torch.get_num_threads()} threads') + ')',
       'image_size': size, 'batch_size': BATCH_SIZE,
       'train_images': train_images, 'test_images': test_images,
       'epochs': _EPOCHS.value, 'subset': bool(_EXAMPLES.value),
-      # 1-, 5- and 15-minute load averages: other processes on the machine
-      # skew the figures.
-      'load_average': {'before': load_before, 'after': load_after},
-      'jax_version': jax.__version__, 'torch_version': torch.__version__,
   }
 
   print(f'\nOne MUFAC epoch: train {train_images} + test {test_images} '
-        f'images, ResNet-18, {size}x{size}, batch {BATCH_SIZE}; '
-        f'{results["device"]}'
+        f'images, ResNet-18, {size}x{size}, batch {BATCH_SIZE}; jax '
+        f'{jax.default_backend()}, torch {reference.device}'
         + (f'; median of {_EPOCHS.value} epochs' if _EPOCHS.value > 1 else '')
         + (' [SUBSET: not the benchmark]' if _EXAMPLES.value else ''))
   print(f'{"":22s} {"train s":>8s} {"eval s":>8s} {"total s":>8s} '
@@ -552,12 +541,10 @@ def main(argv):
       f'{name} train loss {e["train_loss"]:.3f} acc '
       f'{e["train_accuracy"]:.3f}, test acc {e["test_accuracy"]:.3f}'
       for name, e in (('mufax', last), ('reference', rl))))
-  print(f'load average before: {load_before[0]:.2f} {load_before[1]:.2f} '
-        f'{load_before[2]:.2f}; after: {load_after[0]:.2f} '
-        f'{load_after[1]:.2f} {load_after[2]:.2f}')
+  print('load average before: {:.2f} {:.2f} {:.2f}; after: {:.2f} {:.2f} '
+        '{:.2f}'.format(*recorder.load_before, *os.getloadavg()))
   if _JSON.value:
-    with open(_JSON.value, 'w') as f:
-      json.dump(results, f, indent=2)
+    recorder.write(_JSON.value, results)
 
 
 if __name__ == '__main__':

@@ -16,7 +16,7 @@ no augmentation. Two models:
 - small: `models.ResNet18(num_outputs=8, num_filters=16)` at 32x32;
 - full: `models.ResNet18(num_outputs=8)` at 64x64.
 
-  python -m benchmarks.population --json=runs/benchmarks/population.json
+  python -m benchmarks.population --json=benchmarks/results/population.json
 
 Each figure is the median over `--repeats` repetitions of `--steps` steps per
 member, after one warm-up step. Compilation is timed apart (`compile_s`).
@@ -24,7 +24,6 @@ member, after one warm-up step. Compilation is timed apart (`compile_s`).
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -36,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import metadata
 from mufax import input_pipeline
 from mufax import losses as losses_lib
 from mufax import models
@@ -155,8 +155,8 @@ def time_config(name: str, members: list[int], batch_size: int, steps: int,
 
 def main(argv):
   del argv
+  recorder = metadata.Recorder()
   members = [int(n) for n in _MEMBERS.value]
-  load_before = os.getloadavg()[0]
   print(f'Population training, batch {_BATCH_SIZE.value} per member, '
         f'float32, jax {jax.default_backend()} ({os.cpu_count()} CPU cores)')
   print(f'{"model":6s} {"size":>4s} {"N":>3s} {"sequential img/s":>14s} '
@@ -165,15 +165,13 @@ def main(argv):
   for name in _CONFIGS.value:
     rows += time_config(name, members, _BATCH_SIZE.value, _STEPS.value,
                         _REPEATS.value)
-  load = [load_before, os.getloadavg()[0]]
-  print(f'load average before/after: {load[0]:.2f} / {load[1]:.2f}')
+  print(f'load average before/after: {recorder.load_before[0]:.2f} / '
+        f'{os.getloadavg()[0]:.2f}')
   if _JSON.value:
-    with open(_JSON.value, 'w') as f:
-      json.dump({'rows': rows, 'batch_size': _BATCH_SIZE.value,
-                 'steps': _STEPS.value, 'repeats': _REPEATS.value,
-                 'load_average': load, 'jax_version': jax.__version__,
-                 'device': f'jax {jax.default_backend()} '
-                           f'({os.cpu_count()} CPU cores)'}, f, indent=2)
+    recorder.write(_JSON.value, {'rows': rows,
+                                 'batch_size': _BATCH_SIZE.value,
+                                 'steps': _STEPS.value,
+                                 'repeats': _REPEATS.value})
 
 
 if __name__ == '__main__':

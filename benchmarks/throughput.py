@@ -16,7 +16,7 @@ Each figure is the median over `--repeats` repetitions of `--steps` steps,
 after one warm-up repetition. Compilation is timed apart (`compile_s`).
 
   python -m benchmarks.throughput --image_sizes=32,64,128 \
-      --json=runs/benchmarks/throughput.json
+      --json=benchmarks/results/throughput.json
 
 times each size in turn and ends with a table of the ratios at every size.
 
@@ -31,7 +31,6 @@ PyTorch is an optional dependency, needed only here.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import statistics
 import time
@@ -48,6 +47,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from benchmarks import metadata
 from mufax import conv
 from mufax import conv_formulations
 from mufax import input_pipeline
@@ -381,16 +381,15 @@ def time_layers(size: int) -> dict:
   load_before = os.getloadavg()[0]
   rows, pool = layer_table(size, _BATCH_SIZE.value, _REPEATS.value)
   totals = print_layer_table(rows, pool)
-  load = [load_before, os.getloadavg()[0]]
-  print(f'load average before/after: {load[0]:.2f} / {load[1]:.2f}')
+  print(f'load average before/after: {load_before:.2f} / '
+        f'{os.getloadavg()[0]:.2f}')
   return {'layers': rows, 'totals_ms': totals, 'max_pool_ms': pool,
           'image_size': size, 'batch_size': _BATCH_SIZE.value,
-          'load_average': load}
+          'repeats': _REPEATS.value}
 
 
 def time_steps(size: int) -> dict:
   """Both sides' steps at one image size; prints their table."""
-  backend = jax.default_backend()
   torch_device = 'cuda' if torch.cuda.is_available() else 'cpu'
   bf16 = _DTYPE.value == 'bfloat16'
   time_torch = not (bf16 and torch_device == 'cpu')
@@ -420,24 +419,13 @@ def time_steps(size: int) -> dict:
         'ratio': median[f'mufax_{name}'] / torch_rate if torch_rate else None,
         'mufax_augments': name == 'train_augmented',
     }
-  if backend == 'cpu':
-    jax_device = f'{os.cpu_count()} CPU cores'
-  else:
-    jax_device = jax.devices()[0].device_kind
   results.update(
-      device=f'jax {backend} ({jax_device}); torch {torch_device} (' + (
-          torch.cuda.get_device_name() if torch_device == 'cuda' else
-          f'{torch.get_num_threads()} threads') + ')',
       compile_s=compile_s, image_size=size, batch_size=b,
       dtype=_DTYPE.value, steps=_STEPS.value, repeats=_REPEATS.value,
-      repetitions_img_per_s=rates,
-      # Other processes on the machine skew the figures (PyTorch's threads
-      # suffer more from them than XLA's): the 1-minute load average.
-      load_average=[load_before, os.getloadavg()[0]],
-      jax_version=jax.__version__, torch_version=torch.__version__)
+      repetitions_img_per_s=rates)
 
-  print(f'ResNet-18, batch {b}, {size}x{size}, {_DTYPE.value}, '
-        f'{results["device"]}')
+  print(f'ResNet-18, batch {b}, {size}x{size}, {_DTYPE.value}, jax '
+        f'{jax.default_backend()}, torch {torch_device}')
   print(f'{"":16s} {"mufax img/s":>12s} {"PyTorch img/s":>14s} {"ratio":>6s}')
   for name in mufax_runs:
     row = results[name]
@@ -447,8 +435,10 @@ def time_steps(size: int) -> dict:
         f'{"not timed":>14s}'))
   print('compile s: ' + ', '.join(f'{k} {v:.1f}'
                                   for k, v in compile_s.items()))
+  # Other processes on the machine skew the figures, PyTorch's threads more
+  # than XLA's.
   print(f'load average before/after: {load_before:.2f} / '
-        f'{results["load_average"][1]:.2f}', flush=True)
+        f'{os.getloadavg()[0]:.2f}', flush=True)
   return results
 
 
@@ -471,6 +461,7 @@ def print_summary(by_size: dict[int, dict]) -> None:
 
 def main(argv):
   del argv
+  recorder = metadata.Recorder()
   if _TORCH_THREADS.value:
     torch.set_num_threads(_TORCH_THREADS.value)
   sizes = ([int(s) for s in _IMAGE_SIZES.value] if _IMAGE_SIZES.value
@@ -482,11 +473,9 @@ def main(argv):
   if not _LAYERS.value and len(sizes) > 1:
     print_summary(by_size)
   if _JSON.value:
-    with open(_JSON.value, 'w') as f:
-      json.dump(by_size[sizes[0]] if len(sizes) == 1 else
-                {'image_sizes': sizes,
-                 'by_image_size': {str(k): v for k, v in by_size.items()}},
-                f, indent=2)
+    recorder.write(_JSON.value, {
+        'image_sizes': sizes,
+        'by_image_size': {str(k): v for k, v in by_size.items()}})
 
 
 if __name__ == '__main__':
