@@ -74,57 +74,8 @@ def read_metadata(identity_text: str, attribute_text: str, *,
                   identity_origin: str = IDENTITY_FILE,
                   attribute_origin: str = ATTRIBUTE_FILE) -> list[MucacRow]:
   """Joins the identity and attribute files; rows in identity-file order."""
-  identities = {}
-  for line_no, line in enumerate(identity_text.splitlines(), start=1):
-    if not line.strip():
-      continue
-    tokens = line.split()
-    if len(tokens) != 2 or not tokens[1].isdigit():
-      raise DataError(
-          f'{identity_origin} line {line_no}: expected "FILE IDENTITY" (e.g. '
-          f'"0.jpg 0"), got {line.strip()!r}. Correct or delete the line.')
-    if tokens[0] in identities:
-      raise DataError(f'{identity_origin} line {line_no}: {tokens[0]} is listed '
-                      'twice. Delete one of the lines.')
-    identities[tokens[0]] = (int(tokens[1]), line_no)
-
-  lines = attribute_text.splitlines()
-  if len(lines) < 2:
-    raise DataError(f'{attribute_origin} is too short: it needs a count line, '
-                    'a line of attribute names and one row per image.')
-  names = lines[1].split()
-  for attribute in ATTRIBUTES.values():
-    if (len(names) != NUM_ATTRIBUTES
-        or names[attribute.position] != attribute.celeba_name):
-      raise DataError(
-          f'{attribute_origin} line 2: expected {NUM_ATTRIBUTES} attribute '
-          f'names with {attribute.celeba_name!r} as name '
-          f'{attribute.position + 1}, got {len(names)} names. Use the '
-          'CelebA-HQ attribute file as released.')
-  attributes = {}
-  for line_no, line in enumerate(lines[2:], start=3):
-    tokens = line.split()
-    if not tokens:
-      continue
-    if len(tokens) != NUM_ATTRIBUTES + 1:
-      raise DataError(
-          f'{attribute_origin} line {line_no}: expected a file name and '
-          f'{NUM_ATTRIBUTES} values, got {len(tokens)} tokens. Correct or '
-          'delete the line.')
-    values = []
-    for attribute in ATTRIBUTES.values():
-      value = tokens[attribute.position + 1]
-      if value not in ('1', '-1'):
-        raise DataError(
-            f'{attribute_origin} line {line_no}: {attribute.celeba_name} is '
-            f'{value!r}; attribute values must be 1 or -1. Correct the value.')
-      values.append(int(value == '1'))
-    attributes[tokens[0]] = (tuple(values), line_no)
-  declared = lines[0].strip()
-  if declared.isdigit() and int(declared) != len(attributes):
-    raise DataError(f'{attribute_origin} line 1 declares {declared} rows but '
-                    f'the file has {len(attributes)}. Use the complete file.')
-
+  identities = _read_identities(identity_text, identity_origin)
+  attributes = _read_attributes(attribute_text, attribute_origin)
   rows = []
   for file_name, (identity, line_no) in identities.items():
     if file_name not in attributes:
@@ -140,6 +91,67 @@ def read_metadata(identity_text: str, attribute_text: str, *,
         f'(and {len(extra) - 1} more), which {identity_origin} does not list. '
         'Use matching releases of both files.')
   return rows
+
+
+def _read_identities(text: str, origin: str) -> dict[str, tuple[int, int]]:
+  """File name -> (identity, line number) of CelebA's identity file."""
+  identities = {}
+  for line_no, line in enumerate(text.splitlines(), start=1):
+    if not line.strip():
+      continue
+    tokens = line.split()
+    if len(tokens) != 2 or not tokens[1].isdigit():
+      raise DataError(
+          f'{origin} line {line_no}: expected "FILE IDENTITY" (e.g. '
+          f'"0.jpg 0"), got {line.strip()!r}. Correct or delete the line.')
+    if tokens[0] in identities:
+      raise DataError(f'{origin} line {line_no}: {tokens[0]} is listed '
+                      'twice. Delete one of the lines.')
+    identities[tokens[0]] = (int(tokens[1]), line_no)
+  return identities
+
+
+def _read_attributes(text: str, origin: str
+                     ) -> dict[str, tuple[tuple[int, ...], int]]:
+  """File name -> (0/1 value of each of ATTRIBUTES, line number) of
+  CelebA-HQ's attribute file, its count and names lines checked."""
+  lines = text.splitlines()
+  if len(lines) < 2:
+    raise DataError(f'{origin} is too short: it needs a count line, '
+                    'a line of attribute names and one row per image.')
+  names = lines[1].split()
+  for attribute in ATTRIBUTES.values():
+    if (len(names) != NUM_ATTRIBUTES
+        or names[attribute.position] != attribute.celeba_name):
+      raise DataError(
+          f'{origin} line 2: expected {NUM_ATTRIBUTES} attribute '
+          f'names with {attribute.celeba_name!r} as name '
+          f'{attribute.position + 1}, got {len(names)} names. Use the '
+          'CelebA-HQ attribute file as released.')
+  attributes = {}
+  for line_no, line in enumerate(lines[2:], start=3):
+    tokens = line.split()
+    if not tokens:
+      continue
+    if len(tokens) != NUM_ATTRIBUTES + 1:
+      raise DataError(
+          f'{origin} line {line_no}: expected a file name and '
+          f'{NUM_ATTRIBUTES} values, got {len(tokens)} tokens. Correct or '
+          'delete the line.')
+    values = []
+    for attribute in ATTRIBUTES.values():
+      value = tokens[attribute.position + 1]
+      if value not in ('1', '-1'):
+        raise DataError(
+            f'{origin} line {line_no}: {attribute.celeba_name} is '
+            f'{value!r}; attribute values must be 1 or -1. Correct the value.')
+      values.append(int(value == '1'))
+    attributes[tokens[0]] = (tuple(values), line_no)
+  declared = lines[0].strip()
+  if declared.isdigit() and int(declared) != len(attributes):
+    raise DataError(f'{origin} line 1 declares {declared} rows but '
+                    f'the file has {len(attributes)}. Use the complete file.')
+  return attributes
 
 
 def split_of(identity: int) -> str:

@@ -133,22 +133,9 @@ def _soft(x, size):
   return 1 / (1 + np.exp(-np.clip(x * size, -30, 30)))
 
 
-def render(ident: dict[str, np.ndarray], img: dict[str, np.ndarray],
-           size: int, noise_rng: np.random.Generator) -> np.ndarray:
-  """Draws images, (n, size, size, 3) uint8; `ident` is aligned with `img`."""
-  n = len(img['age'])
-  col = lambda v: np.asarray(v, np.float32).reshape((n,) + (1,) * 2)
-  grid = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
-  y, x = grid[None, :, None], grid[None, None, :]
-  age = col(np.clip(img['age'] + ident['age_offset'], 0, 1))
-  # Each cue is monotone in age and together they cover all eight classes.
-  young = np.clip(1 - age / 0.5, 0, 1)  # 1 at birth, 0 from ~30 years.
-  # People start greying at different ages, so greyness pins down the age of
-  # a known person better than that of a stranger.
-  onset = col(ident['greying_onset'])
-  old = np.clip((age - onset) / (1.05 - onset), 0, 1)
-
-  # Background: identity colour and stripes, lit per image.
+def _background(ident, img, col, x, y, size: int) -> np.ndarray:
+  """What lies behind the head: the person's colour and stripes, and the
+  clothes of the photo."""
   angle = col(ident['stripe_angle'])
   stripes = np.sin(col(ident['stripe_freq']) * np.pi *
                    (x * np.cos(angle) + y * np.sin(angle)) +
@@ -161,7 +148,11 @@ def render(ident: dict[str, np.ndarray], img: dict[str, np.ndarray],
                              (y - 1.15) / 0.45), size)
   canvas = (canvas * (1 - shirt[..., None]) +
             img['shirt'][:, None, None, :] * shirt[..., None])
+  return canvas
 
+
+def _head(ident, img, col, x, y, size: int, young, old):
+  """The face's mask and colours, and the hair's mask and colour."""
   # Head geometry in head-centred coordinates; children's heads are smaller
   # and rounder.
   scale = col(img['scale']) * (1 - 0.3 * young)
@@ -195,6 +186,27 @@ def render(ident: dict[str, np.ndarray], img: dict[str, np.ndarray],
            _soft(0.05 - np.abs(hy - 0.5 - 0.1 * young), size * ry))
 
   head = skin * (1 - 0.85 * (eyes + mouth)[..., None])
+  return face, head, hair_mask, hair_colour
+
+
+def render(ident: dict[str, np.ndarray], img: dict[str, np.ndarray],
+           size: int, noise_rng: np.random.Generator) -> np.ndarray:
+  """Draws images, (n, size, size, 3) uint8; `ident` is aligned with `img`."""
+  n = len(img['age'])
+  col = lambda v: np.asarray(v, np.float32).reshape((n,) + (1,) * 2)
+  grid = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
+  y, x = grid[None, :, None], grid[None, None, :]
+  age = col(np.clip(img['age'] + ident['age_offset'], 0, 1))
+  # Each cue is monotone in age and together they cover all eight classes.
+  young = np.clip(1 - age / 0.5, 0, 1)  # 1 at birth, 0 from ~30 years.
+  # People start greying at different ages, so greyness pins down the age of
+  # a known person better than that of a stranger.
+  onset = col(ident['greying_onset'])
+  old = np.clip((age - onset) / (1.05 - onset), 0, 1)
+
+  canvas = _background(ident, img, col, x, y, size)
+  face, head, hair_mask, hair_colour = _head(ident, img, col, x, y, size,
+                                             young, old)
   canvas = canvas * (1 - face[..., None]) + head * face[..., None]
   canvas = canvas * (1 - hair_mask[..., None]) + hair_colour * hair_mask[..., None]
 
