@@ -143,7 +143,7 @@ def _runs(devices, executor: str, seeds, scrub_from=None) -> dict:
   variables, per-sample losses)}."""
 
   splits = _tiny_splits()
-  eng = engine_lib.Engine(models.ResNetTiny(num_outputs=8), loss='softmax',
+  eng = engine_lib.Engine(models.ResNetTiny(num_outputs=8), loss_kind='softmax',
                           splits=splits, log_every_s=1e9, devices=devices,
                           executor=executor, members_per_call=len(seeds))
   state = optimizers.with_learning_rate(
@@ -156,7 +156,7 @@ def _runs(devices, executor: str, seeds, scrub_from=None) -> dict:
                      train.augmentation_keys(seeds),
                      sources={'train': 'retain'})
   trained = jax.device_get(state.variables)
-  losses = lambda v: eng.evaluate(v, 'test')['loss']
+  losses = lambda v: eng.predict(v, 'test')['loss']
   out = {'from scratch': (start, trained, losses(state.variables))}
   ctx = unlearning.Context(
       task=datasets.task_of('mufac/paper'), protocol='paper',
@@ -231,7 +231,7 @@ def _images_per_second(image_size: int, dtype, members: int, width: int,
                       'label': rng.integers(0, 8, n)}}
   eng = engine_lib.Engine(
       models.ResNet18(num_outputs=8, num_filters=width, dtype=dtype),
-      loss='softmax', splits=splits, log_every_s=1e9)
+      loss_kind='softmax', splits=splits, log_every_s=1e9)
   seeds = list(range(members))
   state = eng.init(optimizers.sgd(0.01, 0.9), seeds)
   plan = plans.Plan.stack(plans.epoch_plan(

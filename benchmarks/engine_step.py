@@ -8,7 +8,7 @@ random images, for every combination of
 - `--convolutions`: `plan`, the formulations `conv.cpu_formulations` picks
   per shape, or `native`, XLA's native convolution everywhere;
 - `--executors`: `host`, the host dispatching each step, or `loop`, one
-  compiled loop per chunk of steps (`auto`: the platform's choice).
+  compiled loop per span of steps (`auto`: the platform's choice).
 The step time is the epoch's run time (the first steps included, compilation
 excluded) over its steps.
 
@@ -59,7 +59,7 @@ def time_update(members: int, convolutions: str, executor: str) -> dict:
   eng = engine.Engine(
       models.ResNet18(num_outputs=8, num_filters=_WIDTH.value,
                       conv=conv.Conv if convolutions == 'native' else None),
-      loss='softmax', splits=splits, log_every_s=1e9, image_size=size,
+      loss_kind='softmax', splits=splits, log_every_s=1e9, image_size=size,
       executor=executor)
   seeds = list(range(members))
   state = eng.init(optimizers.sgd(0.01, 0.9), seeds)

@@ -7,14 +7,14 @@ protocol §2.3), followed by the per-epoch evaluation of the test split (1,539
 images: per-sample losses and logits, eval mode), timed on both sides in one
 process:
 
-- mufax: an `engine.Engine(models.ResNet18(num_outputs=8), loss='softmax')`
+- mufax: an `engine.Engine(models.ResNet18(num_outputs=8), loss_kind='softmax')`
   holding the prepared train and test splits on the device (uint8, 128x128,
   resized on the device to --image_size). An epoch is what `train.fit` does:
   `plans.epoch_plan` + `Plan.stack`, `with_learning_rate`, `Engine.run` (one
   compiled loop on an accelerator, queued programs per step on CPU; gather,
   resize, augmentation, forward, backward and update all on the device),
   the mean train loss and accuracy, then
-  `Engine.evaluate(state.variables, 'test')` and the test accuracy. One
+  `Engine.predict(state.variables, 'test')` and the test accuracy. One
   warm-up epoch first compiles every program: a whole one, since an
   accelerator's compiled loop is specialised to the plan's length (its
   step count per batch shape), so that a shorter plan would not compile
@@ -48,7 +48,7 @@ Host share (mufax): the fraction of the epoch's wall time spent outside the
 compiled programs. Every executable the engine runs comes from its
 `Compiler`; the benchmark wraps it so that each call is timed from its
 dispatch until its outputs are ready (a call the engine would have let run
-asynchronously is made to finish first; `Engine.run` waits for each chunk
+asynchronously is made to finish first; `Engine.run` waits for each span
 anyway, and the test split is one evaluation call). Host share = (epoch wall
 time - seconds inside those calls) / epoch wall time, where the wall time
 covers the whole epoch as above: planning, uploading the plan, the run's
@@ -186,7 +186,7 @@ class MufaxSide:
 
   def __init__(self, splits, image_size: int):
     self.engine = engine_lib.Engine(
-        models.ResNet18(num_outputs=NUM_OUTPUTS), loss='softmax',
+        models.ResNet18(num_outputs=NUM_OUTPUTS), loss_kind='softmax',
         splits=splits, log_every_s=default.get_config().log_every_s,
         image_size=image_size)
     self.timer = TimedCompiler(self.engine.compiler)
@@ -219,7 +219,7 @@ class MufaxSide:
                            / sizes.sum())
     trained = time.perf_counter()
     train_compile = engine.compiler.seconds - compile_before
-    evaluated = engine.evaluate(state.variables, 'test')
+    evaluated = engine.predict(state.variables, 'test')
     test_accuracy = losses.accuracies(evaluated['logits'][0], self.labels,
                                       'softmax')['accuracy']
     done = time.perf_counter()
@@ -415,13 +415,13 @@ class ReferenceSide:
   def warm_up(self, steps: int) -> None:
     if steps > 0:
       self.train(max_steps=steps)
-      self.evaluate(max_batches=steps)
+      self.predict(max_batches=steps)
 
   def run_epoch(self) -> dict:
     start = time.perf_counter()
     trained = self.train()
     middle = time.perf_counter()
-    evaluated = self.evaluate()
+    evaluated = self.predict()
     done = time.perf_counter()
     return {'train_seconds': middle - start, 'eval_seconds': done - middle,
             'total_seconds': done - start,

@@ -159,25 +159,26 @@ FORWARD, INPUT_GRAD, KERNEL_GRAD = (
     for products in zip(*(_products(f) for f in _FORWARD)))
 
 
-# Small spatial convolutions (multiply-adds per image) run natively: for the
-# quick start's width-16 ResNet-18 at 32x32, all of whose are under this, the
-# native step was as fast as the formulations' (114 vs 141 ms at batch 64)
-# and compiled in 60% of the time (5x less for a population of 8, whose
-# formulations run member by member, unrolled). Width 64's, where the
-# formulations run 2.6x (32x32) to 6.8x (64x64) faster, are all above it.
-# 1x1 convolutions are matrix products in any formulation.
+# Small spatial convolutions (multiply-adds per image) run natively: the
+# quick start's width-16 ResNet-18 at 32x32, all of whose are under this,
+# steps as fast with native convolutions as with the formulations and
+# compiles faster, most of all for a population, whose formulations run
+# member by member, unrolled (`python -m benchmarks.engine_step
+# --convolutions=plan,native`, BENCHMARKS.md §5). Width 64's, where the
+# formulations are several times faster (`python -m benchmarks.throughput
+# --layers`, §1), are all above it. 1x1 convolutions are matrix products in
+# any formulation.
 NATIVE_BELOW_MACS = 1_000_000
 
 # On maps of at most 8x8 pixels, a 3x3 stride-1 convolution of moderate size
 # runs natively as fast as Winograd or faster (which XLA's CPU hands to
 # YNNPACK), while Winograd's tile transforms, a pass over memory each, cost
-# as much as its products. Measured per layer in one run (ms at batch 64,
-# native vs Winograd, forward / input gradient / kernel gradient):
-# 8x8x128: 4.8/5.2/6.9 vs 6.4/6.1/5.6; 4x4x256: 4.9/5.9/6.5 vs 7.1/6.0/4.6;
-# 4x4x128: 2.3/1.8/1.9 vs 1.8/2.2/3.4; but 8x8x256: 19.1/20.3/24.8 vs
-# 13.7/14.7/16.9 and 16x16x64: 9.3/9.4/34.9 vs 6.5/6.1/10.3. So the forward
-# and input gradient run natively on such maps below NATIVE_SMALL_MAP_MACS,
-# and the kernel gradient too below NATIVE_KERNEL_GRAD_MACS.
+# as much as its products; on larger maps or more channels (8x8x256,
+# 16x16x64) Winograd wins, the kernel gradient first. Measured per layer by
+# `python -m benchmarks.throughput --layers` (BENCHMARKS.md §1). So the
+# forward and input gradient run natively on such maps below
+# NATIVE_SMALL_MAP_MACS, and the kernel gradient too below
+# NATIVE_KERNEL_GRAD_MACS.
 SMALL_MAP_PIXELS = 64
 NATIVE_SMALL_MAP_MACS = 20_000_000
 NATIVE_KERNEL_GRAD_MACS = 5_000_000

@@ -104,15 +104,15 @@ class Engine:
   programs, so that every run of a benchmark table shares them.
   """
 
-  def __init__(self, model: nn.Module, *, loss: str,
+  def __init__(self, model: nn.Module, *, loss_kind: str,
                splits: Mapping[str, Mapping[str, np.ndarray]],
                log_every_s: float, image_size: int | None = None,
                memory_limit: int | None = None, devices=None,
                members_per_call: int | None = None, executor: str = 'auto'):
-    if loss not in tasks.LOSSES:
-      raise ValueError(f'Unknown loss {loss!r}; expected one of '
-                       f'{tasks.LOSSES}.')
-    self.loss, self.image_size = loss, image_size
+    if loss_kind not in tasks.LOSS_KINDS:
+      raise ValueError(f'Unknown loss kind {loss_kind!r}; expected one of '
+                       f'{tasks.LOSS_KINDS}.')
+    self.loss_kind, self.image_size = loss_kind, image_size
     self.splits = splits
     # Every split in one pool, so that programs take the same data whatever
     # split a step reads: original and retrained models, and every split's
@@ -129,7 +129,7 @@ class Engine:
     self.platform = self.devices[0].platform
     # XLA's CPU backend runs convolutions inside a compiled loop several
     # times slower than outside one (BENCHMARKS.md §4), so there the host
-    # dispatches a chunk step by step; each step still gathers its batch on
+    # dispatches the steps one by one; each step still gathers its batch on
     # the device from the uploaded plan.
     self.executor = executors.choose_executor(executor, self.platform)
     self.model = models.for_platform(model, self.platform)
@@ -141,11 +141,11 @@ class Engine:
         and self.executor == executors.HOST and len(self.devices) == 1):
       members_per_call = 1
     self.members_per_call = members_per_call
-    self.programs = programs.Programs(self.model, loss=loss,
+    self.programs = programs.Programs(self.model, loss_kind=loss_kind,
                                       image_size=image_size,
                                       platform=self.platform)
     self._resident: dict[tuple, dict] = {}
-    # Seconds per step of each program, to size chunks for progress lines.
+    # Seconds per step of each program, to size spans for progress lines.
     self._step_seconds: dict[tuple, float] = {}
 
   @property
@@ -261,7 +261,7 @@ class Engine:
 
   # --------------------------------------------------------------- runs
 
-  def chunks(self, population: int) -> list[tuple[int, int]]:
+  def member_groups(self, population: int) -> list[tuple[int, int]]:
     """(first, stop) of the groups of members that one program call
     updates: the whole population, or `members_per_call` at a time."""
     size = min(self.members_per_call or population, population)
@@ -282,16 +282,16 @@ class Engine:
     uninterrupted one. `teachers` ({name: a population's variables}, or None)
     are passed to objectives, in eval mode.
 
-    Members are independent: a population run in groups (`chunks`) gives
-    what it gives run at once, within float32 rounding.
+    Members are independent: a population run in groups (`member_groups`)
+    gives what it gives run at once, within float32 rounding.
     """
     population = sharding.members(state)
-    chunks = self.chunks(population)
-    if len(chunks) == 1:
+    groups = self.member_groups(population)
+    if len(groups) == 1:
       return self._run(plan, updates, state, rngs, sources=sources,
                        teachers=teachers, label=label)
     states, results = [], []
-    for first, stop in chunks:
+    for first, stop in groups:
       # A one-member tree (a shared original) serves every group whole.
       part = lambda tree: tree if sharding.members(tree) == 1 else jax.tree.map(
           lambda x: x[first:stop], tree)
@@ -354,7 +354,7 @@ class Engine:
                                       arrays[group], rngs, teachers))
       i = first
       while i < stop:
-        count = self._chunk(group, stop - i)
+        count = self._span(group, stop - i)
         state, outputs[group], step_flops, began = self._run_steps(
             update, mesh, i, count, state, data, arrays[group], rngs,
             teachers, outputs[group], memory)
@@ -404,21 +404,21 @@ class Engine:
                                    teachers, *bounds)
     return state, outputs, compiled.flops, began
 
-  def _chunk(self, group, remaining: int) -> int:
+  def _span(self, group, remaining: int) -> int:
     """Steps to run before the host looks again: about `log_every_s` worth,
     one step while the step time is still unknown."""
     seconds = self._step_seconds.get(group)
     count = 1 if seconds is None else max(
         1, min(remaining, int(self.log_every_s / max(seconds, 1e-6))))
     if jax.process_count() > 1:
-      # Every process must run the same programs; the chunks follow process
+      # Every process must run the same programs; the spans follow process
       # 0's timing.
       count = int(multihost_utils.broadcast_one_to_all(np.int32(count)))
     return count
 
   # ---------------------------------------------------------- evaluation
 
-  def evaluate(self, variables, split: str) -> dict[str, np.ndarray]:
+  def predict(self, variables, split: str) -> dict[str, np.ndarray]:
     """Eval-mode logits [members, n, outputs] and per-sample losses
     [members, n] of a population on a whole split, without augmentation.
 
@@ -426,10 +426,10 @@ class Engine:
     shards evenly, and the padding is dropped afterwards.
     """
     population = sharding.members(variables)
-    chunks = self.chunks(population)
-    if len(chunks) > 1:
-      parts = [self.evaluate(jax.tree.map(lambda x: x[a:b], variables), split)
-               for a, b in chunks]
+    groups = self.member_groups(population)
+    if len(groups) > 1:
+      parts = [self.predict(jax.tree.map(lambda x: x[a:b], variables), split)
+               for a, b in groups]
       return {key: np.concatenate([p[key] for p in parts])
               for key in parts[0]}
     mesh = self.mesh(population)
@@ -443,7 +443,7 @@ class Engine:
     order = (np.minimum(np.arange(padded), max(n - 1, 0))
              + self.offsets[split]).astype(np.int32)
     order = order.reshape(-1, batch)
-    program = self.programs.evaluate(mesh, batch)
+    program = self.programs.predict(mesh, batch)
     variables = self.put_members(variables, population)
     logits, per_sample = [], []
     for indices in order:

@@ -47,8 +47,9 @@ def population(workdir: str,
                 **cost} for m in members])
 
 
-def evaluate(workdir: str, records: Sequence[Mapping],
-             forget_identities: np.ndarray) -> dict[str, evaluators.Result]:
+def run_evaluators(workdir: str, records: Sequence[Mapping],
+                   forget_identities: np.ndarray
+                   ) -> dict[str, evaluators.Result]:
   """Every row's extended evaluation, by row name; {} when the table has no
   `retrain` or `original` row to compare with."""
   rows = {r['method']: population(workdir, r) for r in records}
@@ -58,7 +59,7 @@ def evaluate(workdir: str, records: Sequence[Mapping],
   refs = evaluators.References(
       retrain=rows['retrain'], oracle=rows.get('oracle'),
       original=rows['original'], forget_identities=forget_identities)
-  results = {name: evaluators.evaluate(row, refs)
+  results = {name: evaluators.run_all(row, refs)
              for name, row in rows.items()}
   for name, result in results.items():
     for table, lines in result['tables'].items():

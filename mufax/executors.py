@@ -4,12 +4,12 @@ The executor is chosen once from the devices' platform (`choose_executor`,
 or forced by `config.engine.executor`):
 
 - `loop` (accelerators): a run of steps executes as one compiled loop over
-  the plan, with the state donated; the host only asks for the next chunk of
+  the plan, with the state donated; the host only asks for the next span of
   steps, sized so that progress lines appear about every `log_every_s`. The
   loop's bounds are runtime values, so one compiled program serves every
-  chunk: a chunk's length never triggers a compilation.
+  span: a span's length never triggers a compilation.
 - `host` (CPU, where XLA runs convolutions inside a loop slowly): the host
-  queues the chunk's steps one by one (`dispatch_steps`): per step, a shared
+  queues the span's steps one by one (`dispatch_steps`): per step, a shared
   program makes each batch (gather, augmentation) and the update's program
   takes them, so a program's shapes depend neither on the plan's length nor
   on which method runs it.

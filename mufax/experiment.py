@@ -122,19 +122,19 @@ def evaluate_model(variables, *, engine: engine_lib.Engine, task: tasks.Task,
   each member's own under `members` when there are several) and the
   arrays [members, examples] of every split in LOSS_SPLITS: per-sample losses
   under the split's name and φ under `phi_<split>`."""
-  outputs = {split: engine.evaluate(variables, split)
+  outputs = {split: engine.predict(variables, split)
              for split in LOSS_SPLITS}
   labels = engine.splits['test']['label']
   per_member = []
   for k, seed in enumerate(seeds):
     record = {'seed': seed, **losses_lib.accuracies(
-        outputs['test']['logits'][k], labels, task.loss)}
+        outputs['test']['logits'][k], labels, task.loss_kind)}
     if 'attribute_accuracies' in record:
       record['attribute_accuracies'] = dict(zip(
           task.label_names, record['attribute_accuracies']))
     record['retain_accuracy'] = losses_lib.accuracies(
         outputs['retain']['logits'][k], engine.splits['retain']['label'],
-        task.loss)['accuracy']
+        task.loss_kind)['accuracy']
     forget, unseen = outputs['forget']['loss'][k], outputs['unseen']['loss'][k]
     mia = metrics.membership_inference(forget, unseen)
     record.update(mia=mia, forgetting_score=metrics.forgetting_score(mia),
@@ -147,7 +147,7 @@ def evaluate_model(variables, *, engine: engine_lib.Engine, task: tasks.Task,
   arrays = {split: outputs[split]['loss'] for split in LOSS_SPLITS}
   # φ (docs/evaluation.md §2), float64, for the extended evaluation.
   arrays.update({f'phi_{split}': confidence.phi(
-      outputs[split]['logits'], engine.splits[split]['label'], task.loss)
+      outputs[split]['logits'], engine.splits[split]['label'], task.loss_kind)
                  for split in LOSS_SPLITS})
   return record, arrays
 
@@ -192,7 +192,7 @@ def make_engine(config, task: tasks.Task,
   """The run's engine; refuses images larger than those stored."""
   limit = config.population.device_memory_gb
   engine = engine_lib.Engine(
-      run_config.make_model(config, task.num_outputs), loss=task.loss,
+      run_config.make_model(config, task.num_outputs), loss_kind=task.loss_kind,
       splits=data, image_size=config.data.image_size or None,
       log_every_s=config.log_every_s,
       members_per_call=config.population.members_per_call or None,
@@ -356,8 +356,8 @@ def extend_records(workdir: str, records: list[dict], config,
   """`records` with the extended evaluation of the rows that did not
   diverge; writes results and plots."""
   evaluated = [r for r in records if 'diverged' not in r]
-  extended = evaluation.evaluate(workdir, evaluated,
-                                 data['forget']['identity'])
+  extended = evaluation.run_evaluators(workdir, evaluated,
+                                       data['forget']['identity'])
   for record in records:
     if record['method'] in extended:
       record['evaluation'] = extended[record['method']]['scalars']

@@ -1,8 +1,8 @@
 """Reading face splits, ordering them like a DataLoader, augmenting in JAX.
 
-Splits are TFDS datasets read by random access (`tfds.data_source`, no
-TensorFlow) into numpy, then held in device memory (`device_put_split`) and
-batched there (`gather_batch`) from index plans that follow
+Splits are TFDS datasets read by random access (a builder's
+`as_data_source`, no TensorFlow) into numpy, then held in device memory
+(`device_put_split`) and batched there (`gather_batch`) from index plans that follow
 `DataLoader(batch_size, shuffle, drop_last=False)`: the last batch may be
 partial, because some unlearning methods skip batches smaller than 64. The
 train-time augmentation (protocol §2.3) is a pure JAX function that runs
@@ -12,17 +12,12 @@ inside the compiled step.
 from __future__ import annotations
 
 import concurrent.futures
-import math
 import os
 from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow_datasets as tfds
-
-# Imported to register the builders with TFDS, for `tfds.data_source`.
-from mufax import datasets  # pylint: disable=unused-import
 
 Batch = dict[str, np.ndarray]
 
@@ -37,19 +32,6 @@ _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 # ----------------------------------------------------------------- reading
-
-
-def open_split(name: str, split: str, *, data_dir: str | None = None,
-               decode_images: bool = True):
-  """A random-access source over one split of a registered TFDS dataset.
-
-  With `decode_images=False` the `image` feature stays encoded bytes:
-  `read_split` then decodes them on a thread pool, and label-only reads skip
-  decoding altogether.
-  """
-  decoders = None if decode_images else {'image': tfds.decode.SkipDecoding()}
-  return tfds.data_source(name, split=split, data_dir=data_dir,
-                          decoders=decoders)
 
 
 def read_split(source, indices: Sequence[int] | np.ndarray | None = None, *,
@@ -98,10 +80,6 @@ def _strings(values) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- batching
-
-
-def num_batches(n: int, batch_size: int, *, drop_last: bool = False) -> int:
-  return n // batch_size if drop_last else math.ceil(n / batch_size)
 
 
 def epoch_order(n: int, *, shuffle: bool, seed: int = 0,

@@ -25,9 +25,10 @@ from mufax import sharding
 class Programs:
   """The programs of one model on one task, each built at its first use."""
 
-  def __init__(self, model: nn.Module, *, loss: str, image_size: int | None,
-               platform: str):
-    self.model, self.loss, self.image_size = model, loss, image_size
+  def __init__(self, model: nn.Module, *, loss_kind: str,
+               image_size: int | None, platform: str):
+    self.model, self.loss_kind = model, loss_kind
+    self.image_size = image_size
     self.platform = platform
     self._built: dict[tuple, Callable] = {}
 
@@ -73,12 +74,12 @@ class Programs:
   def member_update(self, update: objectives.Update) -> Callable:
     """`(state, batches, step key, teachers) -> (state, measurements)`: one
     member's update on {name: (images, labels, mask)}."""
-    model, loss = self.model, self.loss
+    model, loss_kind = self.model, self.loss_kind
 
     def member_update(state, batches, rng, teachers):
       inputs = objectives.Inputs(
           {name: b[:2] for name, b in batches.items()},
-          jax.random.fold_in(rng, len(batches)), loss,
+          jax.random.fold_in(rng, len(batches)), loss_kind,
           {name: objectives.Forward(model, v['params'], v['batch_stats'],
                                     train=False)
            for name, v in (teachers or {}).items()},
@@ -180,10 +181,11 @@ class Programs:
                                   NamedSharding(
                                       mesh, P(None, sharding.MODEL_AXIS))))
 
-  def evaluate(self, mesh: Mesh, batch: int) -> Callable:
+  def predict(self, mesh: Mesh, batch: int) -> Callable:
     """The jitted `(variables, data, indices) -> (logits, per-sample
     losses)` of a population in eval mode on one batch of `batch` images."""
-    model, loss, image_size = self.model, self.loss, self.image_size
+    model, loss_kind = self.model, self.loss_kind
+    image_size = self.image_size
     spec = NamedSharding(mesh, sharding.batch_spec(mesh, batch))
 
     def run(variables, pool, indices):
@@ -194,7 +196,7 @@ class Programs:
           lambda v: model.apply(v, images, train=False),
           spmd_axis_name=sharding.MODEL_AXIS)(variables).astype(jnp.float32)
       per_sample = jax.vmap(
-          lambda z: losses.per_sample_loss(z, b['label'], loss))(logits)
+          lambda z: losses.per_sample_loss(z, b['label'], loss_kind))(logits)
       return logits, per_sample
 
     return self._cached(('eval', mesh.devices.shape, batch),

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 # What a head's logits mean: 'softmax', one class per example (integer labels,
 # cross-entropy); 'sigmoid', one 0/1 label per attribute (BCE with logits).
-LOSSES = ('softmax', 'sigmoid')
+LOSS_KINDS = ('softmax', 'sigmoid')
 # The reference notebooks whose training recipes (docs/protocol.md §4) and
 # unlearning hyperparameters and loops (§5) a task follows.
 FAMILIES = ('mufac', 'multilabel', 'binary')
@@ -30,7 +30,7 @@ class Task:
     name: what the model predicts, e.g. `age`, `multilabel` (every
       attribute) or `gender` (one); the published tables (§7) are per name.
     family: one of FAMILIES, the row of docs/protocol.md §4 and §5.
-    loss: one of LOSSES.
+    loss_kind: one of LOSS_KINDS.
     label_names: one name per output of the model's head: the classes of a
       softmax task, the attributes of a sigmoid one.
     benchmark: the paper's benchmark whose published numbers (§7) apply,
@@ -38,13 +38,13 @@ class Task:
   """
   name: str
   family: str
-  loss: str
+  loss_kind: str
   label_names: tuple[str, ...]
   benchmark: str | None = None
 
   def __post_init__(self):
     for field, value, known in (('family', self.family, FAMILIES),
-                                ('loss', self.loss, LOSSES)):
+                                ('loss_kind', self.loss_kind, LOSS_KINDS)):
       if value not in known:
         raise ValueError(f'Task {self.name!r}: unknown {field} {value!r}; '
                          f'choose one of {", ".join(known)}.')

@@ -210,7 +210,7 @@ def _fingerprint(recipe: Recipe, engine: engine_lib.Engine,
                  seeds: Sequence[int], n: int,
                  masks: np.ndarray | None) -> dict:
   """What a checkpoint of `fit` must have been made with to be resumed."""
-  fingerprint = {'recipe': dataclasses.asdict(recipe), 'loss': engine.loss,
+  fingerprint = {'recipe': dataclasses.asdict(recipe), 'loss': engine.loss_kind,
                  'seeds': list(seeds), 'examples': n,
                  'image_size': engine.input_size,
                  'model': architecture(repr(engine.model))}
@@ -286,10 +286,10 @@ def _epoch_record(epoch: int, plan: plans.Plan,
         (result.measured[name] * sizes[:, None]).sum()
         / sizes.sum() / population)
   if eval_split is not None:
-    evaluated = engine.evaluate(state.variables, eval_split)
+    evaluated = engine.predict(state.variables, eval_split)
     labels = engine.splits[eval_split]['label']
     record[f'{eval_split}_accuracy'] = float(np.mean(
-        [losses.accuracies(z, labels, engine.loss)['accuracy']
+        [losses.accuracies(z, labels, engine.loss_kind)['accuracy']
          for z in evaluated['logits']]))
   record.update(img_per_s=population * sizes.sum() / result.seconds,
                 seconds=result.seconds,

@@ -393,7 +393,7 @@ class RegistryTest(parameterized.TestCase):
 
   def test_evaluate_merges_everything(self):
     refs = synthetic_references(n_models=8)
-    result = evaluators.evaluate(refs.oracle, refs)
+    result = evaluators.run_all(refs.oracle, refs)
     for column in ('F', 'F_N', 'final_score', 'lira_accuracy', 'lira_auc',
                    'F_identity', 'lira_accuracy_identity', 'F_ci95',
                    'lira_accuracy_ci95', 'F_identity_ci95',
@@ -418,7 +418,7 @@ class RegistryTest(parameterized.TestCase):
 
   def test_retrain_is_not_scored_against_itself(self):
     refs = synthetic_references(n_models=8)
-    result = evaluators.evaluate(refs.retrain, refs)
+    result = evaluators.run_all(refs.retrain, refs)
     self.assertNotIn('F', result['scalars'])
     self.assertNotIn('lira_accuracy', result['scalars'])
     self.assertAlmostEqual(result['scalars']['relative_seconds'], 1.0)
@@ -428,7 +428,7 @@ class RegistryTest(parameterized.TestCase):
     one = base.Population('original',
                           {'forget': refs.original.phi['forget'][:1]}, {},
                           refs.original.records[:1])
-    scalars = evaluators.evaluate(one, refs, ['epsilon', 'lira'])['scalars']
+    scalars = evaluators.run_all(one, refs, ['epsilon', 'lira'])['scalars']
     # One model is a point mass beside a population: every example's pools
     # are peaky (ε = 50) and the attack always tells it apart.
     self.assertEqual(scalars['F'], 0.0)
@@ -437,7 +437,7 @@ class RegistryTest(parameterized.TestCase):
 
   def test_too_few_models_leave_f_and_the_attack_out(self):
     refs = synthetic_references(n_models=base.MIN_MODELS - 1)
-    scalars = evaluators.evaluate(refs.oracle, refs)['scalars']
+    scalars = evaluators.run_all(refs.oracle, refs)['scalars']
     for column in ('F', 'lira_accuracy', 'F_identity',
                    'lira_accuracy_identity'):
       self.assertNotIn(column, scalars)
@@ -458,7 +458,7 @@ class RegistryTest(parameterized.TestCase):
     self.addCleanup(evaluators.EVALUATORS.pop, 'clash')
     refs = synthetic_references(n_models=8)
     with self.assertRaisesRegex(ValueError, "'clash' writes scalars"):
-      evaluators.evaluate(refs.oracle, refs, ['epsilon', 'clash'])
+      evaluators.run_all(refs.oracle, refs, ['epsilon', 'clash'])
     with self.assertRaisesRegex(ValueError, 'registered twice'):
       evaluators.register('clash')(lambda row, refs: base.result())
 

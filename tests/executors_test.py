@@ -25,7 +25,7 @@ class FakeDevice:
 def tiny_engine(devices, **kwargs):
   splits = {'train': {'image': np.zeros((4, 16, 16, 3), np.uint8),
                       'label': np.zeros(4, np.int64)}}
-  return engine.Engine(models.ResNetTiny(num_outputs=3), loss='softmax',
+  return engine.Engine(models.ResNetTiny(num_outputs=3), loss_kind='softmax',
                        splits=splits, log_every_s=1e9, devices=devices,
                        **kwargs)
 

@@ -80,7 +80,7 @@ def tiny_setup():
       lambda: models.init_variables(model, jax.random.key(0), IMAGE_SIZE))
   original = jax.tree.map(np.asarray, models.from_torch_state_dict(
       net.state_dict(), template))
-  engine = engine_lib.Engine(model, loss='softmax', splits=splits,
+  engine = engine_lib.Engine(model, loss_kind='softmax', splits=splits,
                              log_every_s=1e9, devices=jax.devices()[:1])
   return fidelity.Setup(task=datasets.task_of('mufac/paper'), engine=engine,
                         original=original)

@@ -186,11 +186,11 @@ class RandomLabelsTest(parameterized.TestCase):
       for seed in (0, 1):
         rng = jax.random.key(seed)
         inputs = objectives.Inputs({'forget': (images, labels)}, rng,
-                                   ctx.task.loss)
+                                   ctx.task.loss_kind)
         value, _ = objective.loss(forward, inputs, None)
         expected = random_labels.draw_labels(rng, labels,
                                              ctx.task.num_outputs,
-                                             ctx.task.loss, draw)
+                                             ctx.task.loss_kind, draw)
         self.assertAlmostEqual(float(value),
                                float(inputs.loss(logits, expected)),
                                places=5)
@@ -252,7 +252,7 @@ class BadTeachingTest(parameterized.TestCase):
                 for name, t in method.teachers(ctx, original).items()}
     batches = {'forget': batch(ctx, 'forget', 5),
                'retain': batch(ctx, 'retain', 3)}
-    inputs = objectives.Inputs(batches, jax.random.key(0), ctx.task.loss,
+    inputs = objectives.Inputs(batches, jax.random.key(0), ctx.task.loss_kind,
                                teachers)
     student = forward_of(ctx, sharding.member(original, 0), train=True)
     prepared = objective.prepare(student, inputs)
@@ -352,7 +352,7 @@ class L1SparseTest(parameterized.TestCase):
     variables = sharding.member(original, 0)
     images, labels = batch(ctx, 'retain')
     inputs = objectives.Inputs({'retain': (images, labels)}, jax.random.key(0),
-                               ctx.task.loss)
+                               ctx.task.loss_kind)
     value, measured = l1_sparse.RetainL1Loss(0.5)(
         forward_of(ctx, variables, train=False), inputs, None)
     task = inputs.loss(forward_of(ctx, variables, train=False)(images),

@@ -247,7 +247,7 @@ def learnable_context(**hparams):
 
   data = {'forget': split(20), 'retain': split(46)}
   return dataclasses.replace(ctx, data=data, engine=engine.Engine(
-      ctx.engine.model, loss='softmax', splits=data, log_every_s=1e9,
+      ctx.engine.model, loss_kind='softmax', splits=data, log_every_s=1e9,
       devices=ONE_DEVICE)), original
 
 

@@ -48,8 +48,8 @@ class AttackOnPairsTest(parameterized.TestCase):
     records = [write_row(workdir, 'original', u), write_row(workdir, 'retrain',
                                                             r)]
     identities = np.repeat(np.arange(N_PEOPLE), N_EXAMPLES // N_PEOPLE)
-    scalars = evaluation.evaluate(workdir, records,
-                                  identities)['original']['scalars']
+    scalars = evaluation.run_evaluators(workdir, records,
+                                        identities)['original']['scalars']
     self.assertAlmostEqual(scalars['lira_accuracy'], 0.5, delta=0.02)
     self.assertAlmostEqual(scalars['lira_auc'], 0.5, delta=0.02)
 

@@ -74,7 +74,7 @@ class SharedOriginalTest(absltest.TestCase):
     self.assertEqual(ctx.seeds, (42, 43))
     self.assertEqual(sharding.members(original), 1)
     np.testing.assert_allclose(
-        ctx.engine.evaluate(original, 'forget')['loss'], original_losses,
+        ctx.engine.predict(original, 'forget')['loss'], original_losses,
         rtol=1e-5, atol=1e-6)
     # Each member is what its seed makes of that original wherever it sits:
     # with the seeds swapped, the members swap.

@@ -22,7 +22,7 @@ from mufax.unlearning import core
 from mufax.unlearning import neggrad
 from mufax.unlearning import scrub
 
-TOY_TASK = tasks.Task(name='toy', family='binary', loss='softmax',
+TOY_TASK = tasks.Task(name='toy', family='binary', loss_kind='softmax',
                       label_names=('no', 'yes'))
 
 
@@ -70,7 +70,8 @@ class TaskOfTest(parameterized.TestCase):
   def test_task(self, dataset, name, family, loss, num_outputs, benchmark):
     task = datasets.task_of(dataset)
     self.assertEqual(
-        (task.name, task.family, task.loss, task.num_outputs, task.benchmark),
+        (task.name, task.family, task.loss_kind, task.num_outputs,
+         task.benchmark),
         (name, family, loss, num_outputs, benchmark))
 
   def test_label_names(self):
@@ -104,7 +105,7 @@ class TaskOfTest(parameterized.TestCase):
       with self.subTest(dataset):
         task = datasets.task_of(dataset)
         label = tfds.builder(dataset, data_dir=data_dir).info.features['label']
-        if task.loss == 'softmax':
+        if task.loss_kind == 'softmax':
           self.assertEqual(tuple(label.names), task.label_names)
         else:
           self.assertEqual(label.shape, (task.num_outputs,))
@@ -134,10 +135,10 @@ class TaskTest(absltest.TestCase):
     with self.assertRaisesRegex(
         ValueError, "Task 'toy': unknown family 'celeba'; choose one of "
         'mufac, multilabel, binary.'):
-      tasks.Task(name='toy', family='celeba', loss='softmax',
+      tasks.Task(name='toy', family='celeba', loss_kind='softmax',
                  label_names=('no', 'yes'))
-    with self.assertRaisesRegex(ValueError, "unknown loss 'hinge'"):
-      tasks.Task(name='toy', family='binary', loss='hinge',
+    with self.assertRaisesRegex(ValueError, "unknown loss_kind 'hinge'"):
+      tasks.Task(name='toy', family='binary', loss_kind='hinge',
                  label_names=('no', 'yes'))
 
   def test_a_value_missing_for_the_family_is_refused(self):

@@ -36,12 +36,12 @@ def random_split(n: int, *, size: int = IMAGE_SIZE, outputs: int = 3,
           'label': labels}
 
 
-def make_engine(devices=None, loss='softmax', **kwargs):
+def make_engine(devices=None, loss_kind='softmax', **kwargs):
   # 22 examples in batches of 8: two full batches, then 6, which the task's
   # objective pads to 8 (so that it shards over 4 devices).
-  splits = {'train': random_split(22, loss=loss, seed=3),
-            'test': random_split(9, loss=loss, seed=4)}
-  return engine.Engine(models.ResNetTiny(num_outputs=3), loss=loss,
+  splits = {'train': random_split(22, loss=loss_kind, seed=3),
+            'test': random_split(9, loss=loss_kind, seed=4)}
+  return engine.Engine(models.ResNetTiny(num_outputs=3), loss_kind=loss_kind,
                        splits=splits, log_every_s=1e9, devices=devices,
                        **kwargs)
 
@@ -142,9 +142,9 @@ class PopulationTest(absltest.TestCase):
                                                 four.variables, rel=1e-3)
       self.assertEqual([h['test_accuracy'] for h in history_one],
                        [h['test_accuracy'] for h in history_four])
-      eval_one = make_engine(jax.devices()[:1]).evaluate(one.variables,
+      eval_one = make_engine(jax.devices()[:1]).predict(one.variables,
                                                         'test')
-      eval_four = four_engine.evaluate(four.variables, 'test')
+      eval_four = four_engine.predict(four.variables, 'test')
       np.testing.assert_allclose(eval_one['loss'], eval_four['loss'],
                                  rtol=1e-5, atol=1e-5)
 
@@ -256,7 +256,7 @@ class PopulationTest(absltest.TestCase):
                            SHORT)
       results[devices, executor] = (
           state.variables, [h['train_loss'] for h in history],
-          eng.evaluate(state.variables, 'test')['loss'])
+          eng.predict(state.variables, 'test')['loss'])
     host_vars, host_loss, host_losses = results[1, executors.HOST]
     loop_vars, loop_loss, loop_losses = results[1, executors.LOOP]
     assert_trees_close(self, host_vars, loop_vars, 1e-5)
@@ -401,7 +401,7 @@ class RecipeTest(absltest.TestCase):
 
   def test_unknown_loss_is_refused(self):
     with self.assertRaisesRegex(ValueError, 'hinge'):
-      make_engine(loss='hinge')
+      make_engine(loss_kind='hinge')
 
 
 if __name__ == '__main__':

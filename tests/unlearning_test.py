@@ -90,11 +90,11 @@ def tiny_context(devices=None, *, protocol='paper', dataset='mufac/paper',
   # grows as 1/|x1 - x2| and turns rounding into percent); 20 forget: a
   # short batch of 4.
   data = {'forget': fixture_data(20, 1), 'retain': fixture_data(46, 2)}
-  if task.loss == 'sigmoid':
+  if task.loss_kind == 'sigmoid':
     data = {name: multilabel(split) for name, split in data.items()}
   ctx = unlearning.Context(
       task=task, protocol=protocol, data=data,
-      engine=engine.Engine(model, loss=task.loss, splits=data,
+      engine=engine.Engine(model, loss_kind=task.loss_kind, splits=data,
                            log_every_s=1e9, devices=devices,
                            members_per_call=members_per_call,
                            executor=executor),
@@ -112,7 +112,7 @@ def host(tree):
 
 
 def mean_loss(ctx, variables, split):
-  return float(ctx.engine.evaluate(variables, split)['loss'].mean())
+  return float(ctx.engine.predict(variables, split)['loss'].mean())
 
 
 class StepPlanTest(parameterized.TestCase):
@@ -383,7 +383,7 @@ class PopulationTest(parameterized.TestCase):
       jax.tree.map(np.testing.assert_array_equal, start, host(original))
       results[devices, executor] = {
           name: (host(row.variables),
-                 {split: ctx.engine.evaluate(row.variables, split)['loss']
+                 {split: ctx.engine.predict(row.variables, split)['loss']
                   for split in ('forget', 'retain')})
           for name, row in rows.items()}
     reference = results[1, executors.HOST]

@@ -66,7 +66,7 @@ class FaceDatasetBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
   def _label_feature(self) -> tfds.features.FeatureConnector:
     """The `label` feature of the config's task."""
     task = self.builder_config.task
-    if task.loss == 'sigmoid':
+    if task.loss_kind == 'sigmoid':
       return tfds.features.Tensor(shape=(task.num_outputs,), dtype=np.int64)
     return tfds.features.ClassLabel(names=task.label_names)
 

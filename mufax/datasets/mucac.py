@@ -183,12 +183,12 @@ class Mucac(face_builder.FaceDatasetBuilder):
           name='multilabel', description=(
               'Three binary labels: gender (male), smiling, young.'),
           task=tasks.Task(name='multilabel', family='multilabel',
-                          loss='sigmoid', label_names=tuple(ATTRIBUTES),
+                          loss_kind='sigmoid', label_names=tuple(ATTRIBUTES),
                           benchmark='mucac'))
   ] + [face_builder.FaceConfig(
       name=name, description=(
           f'Binary {name} ({attribute.celeba_name}) classification.'),
-      task=tasks.Task(name=name, family='binary', loss='softmax',
+      task=tasks.Task(name=name, family='binary', loss_kind='softmax',
                       label_names=attribute.class_names, benchmark='mucac'))
        for name, attribute in ATTRIBUTES.items()]
 
@@ -222,7 +222,7 @@ class Mucac(face_builder.FaceDatasetBuilder):
           f'{absent[0].origin}, is missing ({len(absent)} of {len(rows)} '
           'listed images are).' + _INSTRUCTIONS)
     task = self.builder_config.task
-    label_of = ((lambda a: a) if task.loss == 'sigmoid' else
+    label_of = ((lambda a: a) if task.loss_kind == 'sigmoid' else
                 (lambda a: a[list(ATTRIBUTES).index(task.name)]))
     return {split: [face_builder.FaceRecord(
         file_name=f'{IMAGE_DIR}/{r.file_name}', identity=str(r.identity),

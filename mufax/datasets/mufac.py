@@ -56,7 +56,7 @@ https://github.com/ndb796/MachineUnlearning (see its README for the link).
 
 # What every config asks: the age group, trained and unlearnt as the paper's
 # MUFAC notebook does (protocol §4, §5).
-AGE = tasks.Task(name='age', family='mufac', loss='softmax',
+AGE = tasks.Task(name='age', family='mufac', loss_kind='softmax',
                  label_names=AGE_NAMES, benchmark='mufac')
 
 

@@ -48,7 +48,7 @@ NUM_CLASSES = 8
 SPLIT_ORDER = ('forget', 'retain', 'test', 'unseen')  # Identity numbering.
 # What every config asks: the age class, as MUFAC does, so it trains and
 # unlearns as MUFAC (protocol §4, §5); the paper published nothing on it.
-AGE = tasks.Task(name='age', family='mufac', loss='softmax',
+AGE = tasks.Task(name='age', family='mufac', loss_kind='softmax',
                  label_names=tuple(str(c) for c in range(NUM_CLASSES)))
 
 

@@ -97,8 +97,8 @@ def result(scalars: Mapping[str, float] | None = None,
   return Result(scalars=merged, per_seed=per_seed, tables=dict(tables or {}))
 
 
-def evaluate(row: Population, refs: References,
-             names: Sequence[str] | None = None) -> Result:
+def run_all(row: Population, refs: References,
+            names: Sequence[str] | None = None) -> Result:
   """Every evaluator's result (or those in `names`) for `row`, merged.
 
   Raises:

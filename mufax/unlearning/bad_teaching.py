@@ -193,8 +193,8 @@ class BadTeachingMethod(core.SGDMethod):
                            seed=ctx.seed)
     plan = mixed_plan(ctx.size('forget'), subset, hp.batch_size,
                       epochs=hp.epochs, seed=ctx.seed)
-    objective = BadTeaching(hp.temperature,
-                            bernoulli=ctx.task.loss == 'sigmoid').objective()
+    objective = BadTeaching(
+        hp.temperature, bernoulli=ctx.task.loss_kind == 'sigmoid').objective()
     return [core.Stage(
         row='bad_teaching', plan=plans.step_plan('distil', plan),
         objectives={'distil': objective}, learning_rate=hp.lr,

@@ -91,7 +91,7 @@ class SCRUB(core.SGDMethod):
     hp = self.hparams(ctx).for_task(ctx.task)
     lr, epochs = hp.lr, hp.epochs
     forget_pass = ctx.task.per_family(FORGET_PASS)
-    bernoulli = ctx.task.loss == 'sigmoid' and ctx.protocol == 'clean'
+    bernoulli = ctx.task.loss_kind == 'sigmoid' and ctx.protocol == 'clean'
     by_step = {
         name: Distillation(name, sign, hp.temperature, bernoulli).objective()
         for name, sign in (('retain', 1), ('forget', -1))}
