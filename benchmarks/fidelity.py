@@ -586,8 +586,8 @@ def reference_bn_train(name: str, protocol: str) -> bool:
 
 def run_reference(setup: Setup, name: str, seed: int, *, batches,
                   hparams: Mapping[str, Any] | None = None,
-                  noise: Noise = torch_noise, device: str = 'cpu',
-                  log_every_s: float = 30.0) -> dict[str, dict]:
+                  log_every_s: float, noise: Noise = torch_noise,
+                  device: str = 'cpu') -> dict[str, dict]:
   """Method `name` as the reference's loop runs it from the original, for
   one seed: {row: {'variables' (one model), 'stages', 'diverged'}}.
 
@@ -759,8 +759,8 @@ def compare_rows(sides: Mapping[str, Mapping[str, Any]]) -> dict[str, dict]:
 
 def run_side(setup: Setup, name: str, side: str, seeds: Sequence[int], *,
              augment: bool = True, batches: str = 'reference',
-             num_workers: int = 0, hparams: Mapping[str, Any] | None = None,
-             log_every_s: float = 30.0) -> dict[str, Any]:
+             log_every_s: float, num_workers: int = 0,
+             hparams: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """One side of method `name`, S seeds, evaluated: {'rows': {row:
   {'stages', 'members' (one record per seed), 'diverged'}}, 'seconds'}.
 

@@ -105,7 +105,7 @@ class PlanEquivalenceTest(parameterized.TestCase):
                                       seed=SEED, batch_size=BATCH)
     return fidelity.run_reference(
         self.setup, name, SEED, batches=batches,
-        hparams={'lr': lr, 'batch_size': BATCH},
+        hparams={'lr': lr, 'batch_size': BATCH}, log_every_s=1e9,
         noise=fidelity.mufax_noise(SEED))
 
   @parameterized.parameters(*fidelity.PAPER_METHODS)
@@ -195,7 +195,7 @@ class PlantedDifferenceTest(absltest.TestCase):
     cls.setup = tiny_setup()
     run = lambda side, seeds, lr: fidelity.run_side(
         cls.setup, 'neggrad', side, seeds, augment=False, batches='mufax',
-        hparams={'lr': lr, 'batch_size': BATCH})
+        hparams={'lr': lr, 'batch_size': BATCH}, log_every_s=1e9)
     cls.doubled = run('mufax', range(5), 2 * LEARNING_RATE)
     cls.reference = run('reference', range(5), LEARNING_RATE)
     cls.reference_again = run('reference', range(10, 15), LEARNING_RATE)
