@@ -10,7 +10,9 @@ from mufax import unlearning
 
 @dataclasses.dataclass(frozen=True)
 class UniformForgetHparams(unlearning.FineTuneHparams):  # lr, epochs, batch
-  weight: float = unlearning.hparam(1.0, source='this example', minimum=0)
+  weight: float = unlearning.hparam(
+      1.0, source='this example', minimum=0,
+      search=unlearning.LogUniform(0.1, 10.0), search_source='this example')
 
 
 def retain_and_uniform_forget(forward, inputs, prepared, *, weight):

@@ -1,6 +1,7 @@
 """The table of every method's hyperparameters in docs/protocol.md, made from
 the methods' own declarations (`core.hparam`): the default, the values a
-field may take and where the default comes from. The document holds it
+field may take and where the default comes from, and the range a sweep
+searches with where that range comes from. The document holds it
 between two markers, and `tests/hparams_table_test.py` fails when the two
 drift apart. To write it again after changing a method:
 
@@ -44,12 +45,16 @@ def markdown(methods: Mapping) -> str:
   """Rows of (method, field) for every method that declares
   hyperparameters, in `methods`' order."""
   lines = ['| method | hyperparameter | default | allowed | source of the '
-           'default |', '|---|---|---|---|---|']
+           'default | search range | source of the range |',
+           '|---|---|---|---|---|---|---|']
   for name, method in methods.items():
     for field in dataclasses.fields(method.Hparams):
+      search = field.metadata.get('search')
       lines.append(f'| `{name}` | `{field.name}` | {_default(field)} | '
                    f'{_allowed(field.metadata)} | '
-                   f'{field.metadata["source"]} |')
+                   f'{field.metadata["source"]} | '
+                   f'{search if search is not None else "not searched"} | '
+                   f'{field.metadata.get("search_source") or ""} |')
   return '\n'.join(lines)
 
 

@@ -5,8 +5,8 @@ name.
 (`core.Row`); `unsir` yields two, one per stage. Every module of this
 package is imported here, so a new method is one new file that registers
 itself; one outside the package is a plugin (`mufax.plugins`). This package
-exports everything a method needs (its base classes, objectives, optimizers
-and plans), so a plugin imports from here alone.
+exports everything a method needs (its base classes, objectives, optimizers,
+plans and search ranges), so a plugin imports from here alone.
 """
 
 import dataclasses
@@ -29,6 +29,10 @@ from mufax.plans import passes
 from mufax.plans import retain_driven
 from mufax.plans import step_plan
 from mufax.plans import zipped
+from mufax.search_spaces import Choice
+from mufax.search_spaces import IntRange
+from mufax.search_spaces import LogUniform
+from mufax.search_spaces import Uniform
 from mufax.unlearning.core import Context
 from mufax.unlearning.core import Hparams
 from mufax.unlearning.core import METHODS
@@ -41,6 +45,7 @@ from mufax.unlearning.core import Stage
 from mufax.unlearning.core import Unsupported
 from mufax.unlearning.core import hparam
 from mufax.unlearning.core import register
+from mufax.unlearning.core import search_spaces_of
 from mufax.unlearning.finetune import FineTuneHparams
 from mufax.unlearning.finetune import RETAIN_LOSS
 
@@ -90,10 +95,10 @@ def hparams_config(unlearn: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
           if _declares(method)}
 
 
-__all__ = ['ADAM', 'Context', 'FineTuneHparams', 'Forward', 'Hparams',
-           'Inputs', 'METHODS', 'Method', 'Objective', 'PAPER_TABLE',
-           'REFERENCE_SOURCE', 'RETAIN_LOSS', 'Row', 'SGD', 'SGDHparams',
-           'SGDMethod', 'Stage', 'TASK_OBJECTIVE', 'Unsupported', 'adam',
-           'check_config', 'full_batches', 'hparam', 'hparams_config',
-           'passes', 'register', 'retain_driven', 'sgd', 'step_plan',
-           'zipped']
+__all__ = ['ADAM', 'Choice', 'Context', 'FineTuneHparams', 'Forward',
+           'Hparams', 'Inputs', 'IntRange', 'LogUniform', 'METHODS', 'Method',
+           'Objective', 'PAPER_TABLE', 'REFERENCE_SOURCE', 'RETAIN_LOSS',
+           'Row', 'SGD', 'SGDHparams', 'SGDMethod', 'Stage', 'TASK_OBJECTIVE',
+           'Uniform', 'Unsupported', 'adam', 'check_config', 'full_batches',
+           'hparam', 'hparams_config', 'passes', 'register', 'retain_driven',
+           'search_spaces_of', 'sgd', 'step_plan', 'zipped']

@@ -56,6 +56,7 @@ import numpy as np
 from mufax import models
 from mufax import objectives
 from mufax import plans
+from mufax import search_spaces
 from mufax.unlearning import core
 from mufax.unlearning import scrub
 
@@ -171,16 +172,27 @@ class BadTeaching:
 class BadTeachingHparams(core.SGDHparams):
   batch_size: int = core.hparam(256, source=_NOTEBOOK + ' (batch_size)',
                                 minimum=1)
-  lr: float = core.hparam(1e-4, source=_NOTEBOOK + ' (Adam, lr)',
-                          positive=True)
-  epochs: int = core.hparam(1, source=_NOTEBOOK + ' (epochs)', minimum=1)
+  # Adam: DeepUnlearn's SGD range shifted down two decades around the
+  # notebook's 1e-4.
+  lr: float = core.hparam(
+      1e-4, source=_NOTEBOOK + ' (Adam, lr)', positive=True,
+      search=search_spaces.LogUniform(1e-6, 1e-2),
+      search_source='DeepUnlearn, munl/settings.py (log-uniform), two '
+      'decades lower for Adam')
+  epochs: int = core.hparam(
+      1, source=_NOTEBOOK + ' (epochs)', minimum=1, **search_spaces.EPOCHS)
   temperature: float = core.hparam(
-      1.0, source=_NOTEBOOK + ' (KL_temperature)', positive=True)
+      1.0, source=_NOTEBOOK + ' (KL_temperature)', positive=True,
+      search=search_spaces.Uniform(0.5, 5.0),
+      search_source='DeepUnlearn, munl/settings.py (temperature: uniform '
+      '0..5), from 0.5: 0 is degenerate')
   # Fraction of retain the student sees (drawn once per member).
   retain_fraction: float = core.hparam(
       0.3, source=_NOTEBOOK.replace(' blindspot_unlearner call', '')
       + ' (retain_train_subset: random.sample of 0.3 of retain)',
-      positive=True, maximum=1.0)
+      positive=True, maximum=1.0, search=search_spaces.Uniform(0.1, 1.0),
+      search_source='mufax: none published; around the notebook\'s 0.3 up '
+      'to all of retain')
 
 
 @core.register('bad_teaching')

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from mufax import models
+from mufax import search_spaces
 from mufax.unlearning import core
 from mufax.unlearning import finetune
 
@@ -25,8 +26,13 @@ def trainable_groups(k: int) -> frozenset[str]:
 
 @dataclasses.dataclass(frozen=True)
 class CFkHparams(finetune.FineTuneHparams):
-  k: int = core.hparam(3, source='protocol §5 (the paper\'s CF-3)',
-                       minimum=1, maximum=len(models.PARAM_GROUPS))
+  k: int = core.hparam(
+      3, source='protocol §5 (the paper\'s CF-3)', minimum=1,
+      maximum=len(models.PARAM_GROUPS),
+      search=search_spaces.IntRange(1, len(models.PARAM_GROUPS)),
+      search_source='DeepUnlearn, munl/unlearning/'
+      'catastrophic_forgetting_k.py (num_blocks: integers), over all of '
+      'mufax\'s parameter groups')
 
 
 @core.register('cf_k')

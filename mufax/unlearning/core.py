@@ -28,6 +28,7 @@ from mufax import gradient_sums
 from mufax import objectives as objectives_lib
 from mufax import optimizers
 from mufax import plans
+from mufax import search_spaces
 from mufax import tasks
 
 METHODS: dict[str, Method] = {}
@@ -39,6 +40,7 @@ def register(name: str):
   def wrap(cls):
     if name in METHODS:
       raise ValueError(f'Unlearning method {name!r} is registered twice.')
+    _check_search_spaces(name, cls.Hparams)
     METHODS[name] = cls(name)
     return cls
 
@@ -54,15 +56,39 @@ REFERENCE_EVAL_MODE = {'mufac': True, 'multilabel': False, 'binary': False}
 
 def hparam(default, *, source: str, minimum=None, maximum=None,
            positive: bool = False, choices=None,
-           per_task: Mapping[str, Any] | None = None):
+           per_task: Mapping[str, Any] | None = None,
+           search: search_spaces.SearchSpace | None = None,
+           search_source: str | None = None):
   """A hyperparameter field: its default, where that default comes from (a
   paper, a reference implementation, or mufax's choice), and the values it
   may take. Where the reference's value depends on the task, the default is
   None and `per_task` holds it for each task family (`tasks.FAMILIES`,
-  `Hparams.for_task`)."""
+  `Hparams.for_task`). `search` is the range a sweep draws the field from
+  (`mufax.search_spaces`), `search_source` where that range comes from;
+  without one, a sweep keeps the field at its default."""
+  if (search is None) != (search_source is None):
+    raise ValueError('hparam: give search and search_source together.')
   return dataclasses.field(default=default, metadata={
       'source': source, 'minimum': minimum, 'maximum': maximum,
-      'positive': positive, 'choices': choices, 'per_task': per_task})
+      'positive': positive, 'choices': choices, 'per_task': per_task,
+      'search': search, 'search_source': search_source})
+
+
+def search_spaces_of(hparams_class) -> dict[str, search_spaces.SearchSpace]:
+  """{field: its search range} of the fields that declare one."""
+  return {f.name: f.metadata['search'] for f in dataclasses.fields(
+      hparams_class) if f.metadata.get('search') is not None}
+
+
+def _check_search_spaces(name: str, hparams_class) -> None:
+  """Refuses a search range that reaches values its field refuses."""
+  for field, space in search_spaces_of(hparams_class).items():
+    for value in space.values():
+      try:
+        hparams_class.from_config({field: value})
+      except ValueError as e:
+        raise ValueError(f'Unlearning method {name!r}: the search range of '
+                         f'{field} ({space}) reaches {e}') from e
 
 
 def _widens(value, kinds: tuple[type, ...]) -> bool:

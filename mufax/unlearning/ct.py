@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mufax import plans
+from mufax import search_spaces
 from mufax.unlearning import core
 from mufax.unlearning import finetune
 
@@ -64,10 +65,12 @@ def cosine_annealing(lr: float, epochs: int) -> list[float]:
 class CTHparams(core.SGDHparams):
   batch_size: int = core.hparam(
       64, source=_SOURCE + ', KGLTop5.ORIGINAL_BATCH_SIZE', minimum=1)
-  lr: float = core.hparam(0.001, source=_SOURCE + ', KGLTop5.ORIGINAL_LR',
-                          positive=True)
-  epochs: int = core.hparam(3, source=_SOURCE + ', KGLTop5.ORIGINAL_NUM_EPOCHS',
-                            minimum=1)
+  lr: float = core.hparam(
+      0.001, source=_SOURCE + ', KGLTop5.ORIGINAL_LR', positive=True,
+      **search_spaces.LEARNING_RATES)
+  epochs: int = core.hparam(
+      3, source=_SOURCE + ', KGLTop5.ORIGINAL_NUM_EPOCHS', minimum=1,
+      **search_spaces.EPOCHS)
   momentum: float = core.hparam(
       0.9, source=_SOURCE + ', KGLTop5.ORIGINAL_MOMENTUM', minimum=0.0,
       maximum=1.0)

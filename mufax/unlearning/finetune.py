@@ -6,6 +6,7 @@ import dataclasses
 
 from mufax import objectives
 from mufax import plans
+from mufax import search_spaces
 from mufax.unlearning import core
 
 
@@ -42,10 +43,11 @@ def retain_stage(ctx: core.Context, row: str | None, *, learning_rate: float,
 
 @dataclasses.dataclass(frozen=True)
 class FineTuneHparams(core.SGDHparams):
-  lr: float = core.hparam(0.001, source=core.REFERENCE_SOURCE,
-                          positive=True)
-  epochs: int = core.hparam(2, source=core.REFERENCE_SOURCE,
-                            minimum=1)
+  lr: float = core.hparam(
+      0.001, source=core.REFERENCE_SOURCE, positive=True,
+      **search_spaces.LEARNING_RATES)
+  epochs: int = core.hparam(
+      2, source=core.REFERENCE_SOURCE, minimum=1, **search_spaces.EPOCHS)
 
 
 @core.register('finetune')

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from mufax import objectives
 from mufax import plans
+from mufax import search_spaces
 from mufax.unlearning import core
 from mufax.unlearning import finetune
 
@@ -116,10 +117,11 @@ class RandomLabelsHparams(core.SGDHparams):
                                 minimum=1)
   lr: float = core.hparam(
       0.01, source=_RUN + ' (--unlearn_lr 0.01); also ' + _ARGS
-      + ' (--unlearn_lr)', positive=True)
+      + ' (--unlearn_lr)', positive=True, **search_spaces.LEARNING_RATES)
   epochs: int = core.hparam(
       10, source=_RUN + ' (--unlearn_epochs 10); also ' + _ARGS
-      + ' (--unlearn_epochs) and Classification/README.md', minimum=1)
+      + ' (--unlearn_epochs) and Classification/README.md', minimum=1,
+      **search_spaces.EPOCHS)
   momentum: float = core.hparam(0.9, source=_ARGS + ' (--momentum)',
                                 minimum=0.0, maximum=0.999)
   # Which labels a forget image's random label is drawn from (`DRAWS`):

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from mufax import objectives
 from mufax import plans
+from mufax import search_spaces
 from mufax.unlearning import core
 
 # Whether an epoch has a forget pass, per task family: the multi-label
@@ -75,12 +76,19 @@ class Distillation:
 class SCRUBHparams(core.SGDHparams):
   lr: float | None = core.hparam(
       None, source=core.REFERENCE_SOURCE, positive=True,
-      per_task={'mufac': 0.001, 'binary': 0.0001, 'multilabel': 0.001})
+      per_task={'mufac': 0.001, 'binary': 0.0001, 'multilabel': 0.001},
+      **search_spaces.LEARNING_RATES)
   epochs: int | None = core.hparam(
       None, source=core.REFERENCE_SOURCE, minimum=1,
-      per_task={'mufac': 2, 'binary': 1, 'multilabel': 2})
+      per_task={'mufac': 2, 'binary': 1, 'multilabel': 2},
+      **search_spaces.EPOCHS)
+  # DeepUnlearn draws kd_T from [0, 5]; 0 is degenerate, and SCRUB's own
+  # notebooks (github.com/meghdadk/SCRUB) use 2, 4 and 8.
   temperature: float = core.hparam(
-      4.0, source=core.REFERENCE_SOURCE, positive=True)
+      4.0, source=core.REFERENCE_SOURCE, positive=True,
+      search=search_spaces.Uniform(0.5, 8.0),
+      search_source='SCRUB\'s notebooks (kd_T 2, 4, 8) and DeepUnlearn, '
+      'munl/settings.py (temperature: uniform 0..5)')
 
 
 @core.register('scrub')

@@ -35,6 +35,7 @@ import numpy as np
 from mufax import losses
 from mufax import objectives
 from mufax import plans
+from mufax import search_spaces
 from mufax.unlearning import core
 
 _SOURCE = ('Foster et al. 2024 (SSD), github.com/if-loops/'
@@ -97,13 +98,20 @@ class SSDHparams(core.SGDHparams):
       128, source=_SOURCE + ' (-b default 128; forget DataLoader 128)',
       minimum=1)
   # Selection weighting alpha.
+  # No sweep is published; the paper's values (5 to 50) were tuned on forget
+  # sets of 1/50 to 1/600 of train. A forget set of a fraction f of train
+  # caps I_f at about I_D / f (MUFAC: 6.6 I_D), so the range reaches well
+  # below that cap.
   alpha: float = core.hparam(
       10.0, source=_SOURCE + ' (selection_weighting 10, ResNet-18)',
-      positive=True)
+      positive=True, search=search_spaces.LogUniform(0.3, 30.0),
+      search_source='mufax: around the paper\'s 5..50, down past MUFAC\'s '
+      '|D|/|f| = 6.6')
   # Dampening constant lambda.
   dampening: float = core.hparam(
       1.0, source=_SOURCE + ' (dampening_constant 1, ResNet-18)',
-      positive=True)
+      positive=True, search=search_spaces.LogUniform(0.1, 10.0),
+      search_source='mufax: around the paper\'s 1 and 0.1 (its face set)')
 
 
 @core.register('ssd')

@@ -20,6 +20,7 @@ import optax
 
 from mufax import objectives
 from mufax import plans
+from mufax import search_spaces
 from mufax.unlearning import core
 from mufax.unlearning import finetune
 
@@ -64,17 +65,33 @@ def impair_loss(forward, inputs, noise):
                                     'noise_max': noise.max()}
 
 
+# UNSIR has no published sweep; its official notebook runs 1 impair and 1
+# repair epoch and 40 noise steps at Adam lr 0.1: the ranges hold those and
+# the reference's values.
+_SEARCH_SOURCE = ('mufax: around Tarun et al.\'s notebook, '
+                  'github.com/vikram2000b/Fast-Machine-Unlearning, and '
+                  'protocol §5')
+
+
 @dataclasses.dataclass(frozen=True)
 class UNSIRHparams(core.SGDHparams):
   # Both stages' learning rate.
-  lr: float = core.hparam(0.001, source=core.REFERENCE_SOURCE, positive=True)
+  lr: float = core.hparam(
+      0.001, source=core.REFERENCE_SOURCE, positive=True,
+      **search_spaces.LEARNING_RATES)
   epochs: int = core.hparam(
-      2, source=core.REFERENCE_SOURCE + ', stage 1', minimum=1)
+      2, source=core.REFERENCE_SOURCE + ', stage 1', minimum=1,
+      search=search_spaces.IntRange(1, 5), search_source=_SEARCH_SOURCE)
   repair_epochs: int = core.hparam(
-      1, source=core.REFERENCE_SOURCE + ', stage 2', minimum=1)
-  noise_steps: int = core.hparam(5, source=core.REFERENCE_SOURCE, minimum=0)
+      1, source=core.REFERENCE_SOURCE + ', stage 2', minimum=1,
+      search=search_spaces.IntRange(1, 5), search_source=_SEARCH_SOURCE)
+  noise_steps: int = core.hparam(
+      5, source=core.REFERENCE_SOURCE, minimum=0,
+      search=search_spaces.IntRange(1, 64), search_source=_SEARCH_SOURCE)
   noise_lr: float = core.hparam(
-      0.01, source=core.REFERENCE_SOURCE, positive=True)
+      0.01, source=core.REFERENCE_SOURCE, positive=True,
+      search=search_spaces.LogUniform(1e-3, 1.0),
+      search_source=_SEARCH_SOURCE)
 
 
 @core.register('unsir')
