@@ -36,6 +36,7 @@ from mufax import optimizers
 from mufax import published
 from mufax import results
 from mufax import run_config
+from mufax import sharding
 from mufax import tasks
 from mufax import train
 from mufax import unlearning
@@ -115,15 +116,20 @@ def converted_original(config, engine: engine_lib.Engine,
 
 
 def evaluate_model(variables, *, engine: engine_lib.Engine, task: tasks.Task,
-                   lam: float, seeds: tuple[int, ...]
+                   lam: float, seeds: tuple[int, ...], original=None
                    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """Protocol §6 for every member of a population: utility on test, MIA on
-  forget vs unseen, NoMUS. Returns the record (means over the members, and
-  each member's own under `members` when there are several) and the
+  forget vs unseen, NoMUS; and, given the `original` population the members
+  were unlearned from, how far each moved from its original
+  (`metrics.parameter_change`). Returns the record (means over the members,
+  and each member's own under `members` when there are several) and the
   arrays [members, examples] of every split in LOSS_SPLITS: per-sample losses
   under the split's name and φ under `phi_<split>`."""
   outputs = {split: engine.predict(variables, split)
              for split in LOSS_SPLITS}
+  if original is not None:
+    params = jax.tree.leaves(sharding.to_host(variables['params']))
+    start = jax.tree.leaves(sharding.to_host(original['params']))
   labels = engine.splits['test']['label']
   per_member = []
   for k, seed in enumerate(seeds):
@@ -140,6 +146,11 @@ def evaluate_model(variables, *, engine: engine_lib.Engine, task: tasks.Task,
     record.update(mia=mia, forgetting_score=metrics.forgetting_score(mia),
                   nomus=metrics.nomus(record['accuracy'], mia, lam=lam),
                   lam=lam, loss_auc=metrics.loss_auc(forget, unseen))
+    if original is not None:
+      # A shared original is one model that every member started from.
+      first = [x[min(k, len(x) - 1)] for x in start]
+      record['moved_from_original'] = metrics.parameter_change(
+          first, [x[k] for x in params])
     per_member.append(record)
   record = mean_record(per_member)
   if len(per_member) > 1:
@@ -300,7 +311,10 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
                              workdir):
       if row.name in done:
         continue
-      record, losses = row_record(row, config, task, engine)
+      record, losses = row_record(
+          row, config, task, engine,
+          original_model().variables if method and method.needs_original
+          else None)
       records.append(record)
       if primary:
         if losses is not None:
@@ -327,9 +341,12 @@ def produced_rows(name: str, ctx: unlearning.Context,
 
 
 def row_record(row: unlearning.Row, config, task: tasks.Task,
-               engine: engine_lib.Engine) -> tuple[dict, dict | None]:
+               engine: engine_lib.Engine,
+               original=None) -> tuple[dict, dict | None]:
   """A row's record for results.json and its per-sample losses (None for a
-  diverged row: a result like any other, kept, shown, never recomputed)."""
+  diverged row: a result like any other, kept, shown, never recomputed);
+  with the `original` variables the row was unlearned from, how far it moved
+  from them."""
   row_seeds = run_config.seeds_of(config, row.name)
   record = {'method': row.name, 'dataset': config.data.dataset,
             'task': task.name, 'protocol': config.protocol,
@@ -342,7 +359,7 @@ def row_record(row: unlearning.Row, config, task: tasks.Task,
     return record | {'diverged': row.diverged} | cost, None
   measured, losses = evaluate_model(row.variables, engine=engine,
                                     task=task, lam=config.lam,
-                                    seeds=row_seeds)
+                                    seeds=row_seeds, original=original)
   record |= measured | cost
   cluster.log(f'{row.name}: accuracy {record["accuracy"]:.4f}, MIA '
               f'{record["mia"]:.4f}, NoMUS {record["nomus"]:.4f}'

@@ -183,3 +183,22 @@ def loss_auc(forget_losses, unseen_losses) -> float:
   scores = -np.concatenate((forget, unseen))
   labels = np.concatenate((np.ones(len(forget)), np.zeros(len(unseen))))
   return float(sk_metrics.roc_auc_score(labels, scores))
+
+
+def parameter_change(original, model) -> dict[str, float]:
+  """How far `model` moved from `original` (two sequences of arrays, the
+  same shapes in the same order): the fraction of parameter elements that
+  differ at all, and the relative L2 distance ‖θ − θ₀‖ / ‖θ₀‖. A method that
+  changed nothing scores 0 on both."""
+  pairs = [(np.asarray(a, np.float64), np.asarray(b, np.float64))
+           for a, b in zip(original, model, strict=True)]
+  for a, b in pairs:
+    if a.shape != b.shape:
+      raise ValueError(f'parameter_change: shapes {a.shape} and {b.shape} '
+                       'differ; compare two models of one architecture.')
+  total = sum(a.size for a, _ in pairs)
+  changed = sum(int(np.count_nonzero(a != b)) for a, b in pairs)
+  distance = math.sqrt(sum(float(np.sum((b - a) ** 2)) for a, b in pairs))
+  norm = math.sqrt(sum(float(np.sum(a ** 2)) for a, _ in pairs))
+  return {'changed_fraction': changed / total if total else 0.0,
+          'relative_l2': distance / norm if norm else float(distance > 0)}

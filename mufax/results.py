@@ -122,6 +122,9 @@ def write_results(workdir: str, records: list[dict], config,
     if any(r.get('members') for r in records):
       f.write('\nA row of several models shows their mean ± the half width '
               'of its 95% t-interval.\n')
+    moved = format_moved(records)
+    if moved:
+      f.write(f'\n## How far each row moved from the original\n\n{moved}\n')
     if extended:
       f.write('\n## Against retraining (docs/evaluation.md)\n\n'
               f'{evaluation.format_table(extended)}\n\n{EXTENDED_LEGEND}\n')
@@ -172,6 +175,24 @@ def write_plots(workdir: str, records: list[dict], config,
     plots.plot_accuracy_vs_forget_score(
         {name: r['scalars'] for name, r in extended.items()},
         os.path.join(workdir, 'accuracy_vs_forget_score.png'), title=title)
+
+
+def format_moved(records: list[dict]) -> str:
+  """A Markdown table of how far each unlearned row's models moved from
+  their original (`metrics.parameter_change`, the mean over the members),
+  so that a method that changed nothing says so; '' without any."""
+  rows = [r for r in records if 'moved_from_original' in r]
+  if not rows:
+    return ''
+  lines = ['| method | parameters changed | relative L2 distance | |',
+           '|---|---|---|---|']
+  for r in rows:
+    moved = r['moved_from_original']
+    lines.append(
+        f'| {r["method"]} | {moved["changed_fraction"]:.2%} | '
+        f'{moved["relative_l2"]:.4g} | '
+        f'{"**no change**" if moved["changed_fraction"] == 0 else ""} |')
+  return '\n'.join(lines)
 
 
 def format_table(records: list[dict]) -> str:

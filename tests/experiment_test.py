@@ -104,6 +104,18 @@ class RunTest(absltest.TestCase):
               1 - 2 * abs(mia - 0.5)), places=12)
           self.assertEqual(m['loss_auc'], metrics.loss_auc(z['forget'][k],
                                                            z['unseen'][k]))
+    # Only an unlearned row says how far it moved from its original: each
+    # NegGrad member from its own original, by its own amount.
+    self.assertEqual([r['method'] for r in records
+                      if 'moved_from_original' in r], ['neggrad'])
+    moved = [m['moved_from_original'] for m in records[3]['members']]
+    for m in moved:
+      self.assertBetween(m['changed_fraction'], 0.01, 1.0)
+      self.assertBetween(m['relative_l2'], 1e-6, 1.0)
+    self.assertNotEqual(moved[0], moved[1])
+    with open(os.path.join(workdir, 'results.md')) as f:
+      self.assertRegex(f.read(), r'moved from the original[^|]*\n\| method '
+                       r'.*\n.*\n\| neggrad \| \d+\.\d\d% \| ')
     # Softmax φ > 0 exactly where the true class has more than half the mass,
     # i.e. the loss -log p_y is below log 2.
     np.testing.assert_array_equal(losses['phi_forget'] > 0,

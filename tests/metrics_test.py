@@ -293,5 +293,27 @@ class LossAucTest(absltest.TestCase):
       metrics.loss_auc([], [0.3])
 
 
+class ParameterChangeTest(absltest.TestCase):
+
+  def test_hand_computed(self):
+    original = [np.array([[3.0, 0.0], [0.0, 0.0]]), np.array([4.0])]
+    model = [np.array([[3.0, 1.0], [0.0, 0.0]]), np.array([4.0 + 2.0])]
+    moved = metrics.parameter_change(original, model)
+    # 2 of 5 elements differ; |(0, 1, 0, 0, 2)| / |(3, 0, 0, 0, 4)|.
+    self.assertEqual(moved['changed_fraction'], 2 / 5)
+    self.assertAlmostEqual(moved['relative_l2'], 5 ** 0.5 / 5)
+
+  def test_a_model_left_alone_scores_zero(self):
+    original = [np.arange(6.0).reshape(2, 3), np.ones(4, np.float32)]
+    self.assertEqual(metrics.parameter_change(original, original),
+                     {'changed_fraction': 0.0, 'relative_l2': 0.0})
+
+  def test_other_architectures_are_refused(self):
+    with self.assertRaisesRegex(ValueError, 'shapes'):
+      metrics.parameter_change([np.zeros(3)], [np.zeros(4)])
+    with self.assertRaises(ValueError):
+      metrics.parameter_change([np.zeros(3)], [np.zeros(3), np.zeros(1)])
+
+
 if __name__ == '__main__':
   absltest.main()
