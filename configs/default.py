@@ -99,6 +99,25 @@ def get_config() -> ml_collections.ConfigDict:
   # the end; a killed run resumes from the last save.
   config.checkpoint_every_s = 30.0
 
+  # Hyperparameter search (docs/protocol.md §9): each method of
+  # `methods` (comma-separated; all: the paper's with ssd, salun and
+  # random_labels; extended: every method with search ranges) tries
+  # `candidates` settings (its defaults, then seeded draws; or, with
+  # search=grid, a grid of `grid_points` per range), each a population of
+  # config.population.size seeds, and each criterion (nomus, retrain: honest;
+  # peek: chooses on the answer, for comparison) adds a row of its choice.
+  config.sweep = ml_collections.ConfigDict()
+  config.sweep.methods = ''
+  config.sweep.candidates = 8
+  config.sweep.search = 'random'
+  config.sweep.grid_points = 3
+  config.sweep.criteria = 'nomus,retrain,peek'
+  # Candidates costing more update steps than this fraction of retraining's
+  # are not run (0: no limit).
+  config.sweep.max_cost = 0.0
+  # Seeds the candidates' draws and the rehearsal request.
+  config.sweep.seed = 0
+
   config.protocol = 'paper'  # or clean (protocol §8)
   config.lam = 0.5  # NoMUS weight λ of accuracy
   config.seed = 42

@@ -34,9 +34,11 @@ from mufax import metrics
 from mufax import models
 from mufax import optimizers
 from mufax import published
+from mufax import rehearsal
 from mufax import results
 from mufax import run_config
 from mufax import sharding
+from mufax import sweep
 from mufax import tasks
 from mufax import train
 from mufax import unlearning
@@ -263,18 +265,23 @@ def runnable_methods(ctx: unlearning.Context, config,
   return kept
 
 
+def _log_start(config, engine: engine_lib.Engine, population: int,
+               names: list[str]) -> None:
+  cluster.log(f'{jax.device_count()} {engine.platform} device(s), '
+              f'{engine.executor} executor; methods: {", ".join(names)}')
+  cluster.log(engine.memory_summary(
+      population, engine.abstract_state(optimizers.SGD, population)))
+  if results.too_few_models(config):
+    cluster.log(results.too_few_models(config))
+
+
 def _run(config: ml_collections.ConfigDict, workdir: str,
          names: list[str]) -> list[dict]:
   enable_compilation_cache(config, workdir)
   task, data = load_task(config)
   engine = make_engine(config, task, data)
   seeds = run_config.seeds_of(config)
-  cluster.log(f'{jax.device_count()} {engine.platform} device(s), '
-              f'{engine.executor} executor; methods: {", ".join(names)}')
-  cluster.log(engine.memory_summary(
-      len(seeds), engine.abstract_state(optimizers.SGD, len(seeds))))
-  if results.too_few_models(config):
-    cluster.log(results.too_few_models(config))
+  _log_start(config, engine, len(seeds), names)
   from_scratch = functools.partial(train.from_scratch, config=config,
                                    task=task, engine=engine, workdir=workdir)
   ctx = unlearning.Context(
@@ -320,10 +327,39 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
         if losses is not None:
           results.save_losses(workdir, row.name, losses)
         results.write_results(workdir, records, config)
+  if config.sweep.methods:
+    run_sweep(config, workdir, ctx, data, original_model)
   if not primary:
     # The extended evaluation reads the losses process 0 wrote.
     return records
   return extend_records(workdir, records, config, data)
+
+
+def run_sweep(config, workdir: str, ctx: unlearning.Context,
+              data: dict[str, dict[str, np.ndarray]],
+              original_model: Callable[[], unlearning.Row]) -> list[dict]:
+  """The sweep of `config.sweep` (mufax/sweep.py): the rehearsal and the
+  real request, each on an engine of its own splits with the population
+  retrained without its people; returns the chosen rows."""
+  splits = dict(zip(('rehearsal', 'real'), rehearsal.request_splits(
+      data, config.sweep.seed)))
+  requests = {}
+  for name, request_data in splits.items():
+    engine = make_engine(config, ctx.task, request_data)
+    requests[name] = sweep.Request(name, engine, functools.partial(
+        train.from_scratch, 'retrain', config, task=ctx.task, engine=engine,
+        workdir=workdir if name == 'real' else os.path.join(workdir,
+                                                            'sweep')))
+  cluster.log('sweep: rehearsal request of '
+              f'{len(np.unique(splits["rehearsal"]["forget"]["identity"]))} '
+              f'people ({len(splits["rehearsal"]["forget"]["label"])} '
+              'images) from retain')
+  return sweep.Sweep(
+      config, workdir, ctx, original=original_model, requests=requests,
+      evaluate=functools.partial(evaluate_model, task=ctx.task,
+                                 lam=config.lam),
+      retrain_seeds=run_config.seeds_of(config, 'retrain'),
+      settings=results.settings_digest(config)).run()
 
 
 def produced_rows(name: str, ctx: unlearning.Context,

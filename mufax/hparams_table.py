@@ -1,5 +1,5 @@
 """The table of every method's hyperparameters in docs/protocol.md, made from
-the methods' own declarations (`core.hparam`): the default, the values a
+the methods' own declarations (`hparams.hparam`): the default, the values a
 field may take and where the default comes from, and the range a sweep
 searches with where that range comes from. The document holds it
 between two markers, and `tests/hparams_table_test.py` fails when the two

@@ -72,10 +72,21 @@ OPTIMIZERS = {
 
 
 def with_learning_rate(state: engine.TrainState,
-                       learning_rate: float) -> engine.TrainState:
-  """`state` (a population made with `sgd`) at another learning rate."""
-  hyper = dict(state.opt_state.hyperparams)
-  old = hyper['learning_rate']
-  hyper['learning_rate'] = jax.device_put(
-      np.full(old.shape, learning_rate, old.dtype), old.sharding)
-  return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
+                       learning_rate) -> engine.TrainState:
+  """`state` (a population made with `sgd`, `adam` or `scaled_sgd`) at
+  another learning rate: one for every member, or one per member (a sweep's
+  candidates that differ in it alone)."""
+
+  def replace(opt_state):
+    hyper = dict(opt_state.hyperparams)
+    old = hyper['learning_rate']
+    hyper['learning_rate'] = jax.device_put(
+        np.broadcast_to(np.asarray(learning_rate, old.dtype), old.shape),
+        old.sharding)
+    return opt_state._replace(hyperparams=hyper)
+
+  if hasattr(state.opt_state, 'hyperparams'):
+    return state.replace(opt_state=replace(state.opt_state))
+  # A chain (`scaled_sgd`): the learning rate is in its last part.
+  return state.replace(opt_state=tuple(state.opt_state[:-1])
+                       + (replace(state.opt_state[-1]),))

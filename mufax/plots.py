@@ -260,3 +260,52 @@ def plot_accuracy_vs_forget_score(scalars: Mapping[str, Mapping[str, float]],
   if title:
     fig.suptitle(title)
   _save(fig, path)
+
+
+# Marker of each criterion's choice in a sweep's plot.
+_CRITERION_MARKERS = {'nomus': ('s', 'tab:green'), 'retrain': ('D', 'tab:red'),
+                      'peek': ('x', 'black')}
+
+
+def plot_sweep(state: Mapping, retrained: Mapping, path: str) -> None:
+  """A method's sweep: every candidate's validation accuracy against its
+  MIA (left; retraining's point beside them) and against F (right), the
+  candidate each criterion chose marked.
+
+  Args:
+    state: a `sweep/<method>.json` (candidates scored on `rehearsal`, and
+      `chosen` {criterion: candidate index}).
+    retrained: the rehearsal request's retrained population's scores
+      (`accuracy`, `mia`).
+    path: where to write the PNG.
+  """
+  scored = [c for c in state['candidates'] if 'accuracy' in c.get(
+      'rehearsal', {})]
+  fig = Figure(figsize=(10.0, 4.5), layout='constrained')
+  for ax, key, label in zip(fig.subplots(1, 2), ('mia', 'F'), (
+      'MIA on the rehearsal request (retraining\'s is the target)',
+      'F against retraining (higher is better)')):
+    points = [(c['rehearsal'][key], c['rehearsal']['accuracy'], c['index'])
+              for c in scored if key in c['rehearsal']]
+    if points:
+      ax.scatter([p[0] for p in points], [p[1] for p in points], s=20,
+                 color='tab:blue', label='candidates')
+    for criterion, k in state.get('chosen', {}).items():
+      chosen = [p for p in points if p[2] == k]
+      if chosen:
+        marker, color = _CRITERION_MARKERS[criterion]
+        ax.scatter(chosen[0][0], chosen[0][1], s=90, marker=marker,
+                   facecolors='none' if marker != 'x' else color,
+                   edgecolors=color if marker != 'x' else None,
+                   label=f'chosen by {criterion}', zorder=3)
+    if key == 'mia':
+      ax.scatter(retrained['mia'], retrained['accuracy'], s=60, marker='*',
+                 color='tab:orange', label='retraining', zorder=3)
+    else:
+      ax.axhline(retrained['accuracy'], color='tab:orange', linestyle='--',
+                 linewidth=0.8, label='retraining\'s accuracy')
+    ax.set_xlabel(label)
+    ax.set_ylabel('validation accuracy')
+    ax.legend(loc='best', fontsize=7)
+  fig.suptitle(f'{len(scored)} candidates on the rehearsal request')
+  _save(fig, path)

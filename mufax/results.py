@@ -29,7 +29,7 @@ from mufax.evaluators import intervals
 RESULT_FILES = ('results.json', 'results.md', 'losses',
                 'loss_histograms.png', 'accuracy_vs_forgetting.png',
                 'epsilon_distributions.png', 'accuracy_vs_forget_score.png',
-                'examples', 'identities', 'least_forgotten')
+                'examples', 'identities', 'least_forgotten', 'sweep')
 
 
 def too_few_models(config) -> str | None:
@@ -55,7 +55,7 @@ def comparable_config(config: dict) -> dict:
   config = json.loads(json.dumps(config, default=str))
   # How steps are executed changes float rounding only.
   for key in ('methods', 'log_every_s', 'compilation_cache_dir', 'plugins',
-              'checkpoint_every_s', 'engine'):
+              'checkpoint_every_s', 'engine', 'sweep'):
     config.pop(key, None)
   for key in ('device_memory_gb', 'members_per_call'):
     config.get('population', {}).pop(key, None)
@@ -136,6 +136,10 @@ def write_results(workdir: str, records: list[dict], config,
                 'Largest ε first (identity, ε, per-person attack accuracy, '
                 f'forget images); all of them in identities/<row>.csv.\n\n'
                 f'{least}\n')
+    tuned = os.path.join(workdir, 'sweep', 'tuned.md')
+    if os.path.exists(tuned):
+      with open(tuned) as t:
+        f.write(f'\n## Tuned (config.sweep)\n\n{t.read()}')
 
 
 EXTENDED_LEGEND = (

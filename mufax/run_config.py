@@ -12,6 +12,7 @@ from mufax import executors
 from mufax import metrics
 from mufax import models
 from mufax import plugins
+from mufax import sweep
 from mufax import unlearning
 
 MODELS = {'resnet18': models.ResNet18, 'resnet_tiny': models.ResNetTiny}
@@ -115,6 +116,8 @@ def check_config(config) -> list[str]:
                       '0 (0: the device\'s default).')
   try:
     unlearning.check_config(config.unlearn.to_dict())
+    if config.sweep.methods:
+      sweep.check_config(config)
   except ValueError as e:
     raise ConfigError(str(e)) from e
   return method_names(config)

@@ -8,16 +8,16 @@ from absl.testing import absltest
 from mufax import datasets
 from mufax import hparams_table
 from mufax import unlearning
-from mufax.unlearning import core
+from mufax.unlearning import hparams
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclasses.dataclass(frozen=True)
-class _Hparams(core.SGDHparams):
-  lr: float | None = core.hparam(None, source='a test', positive=True,
+class _Hparams(hparams.SGDHparams):
+  lr: float | None = hparams.hparam(None, source='a test', positive=True,
                                  per_task={'mufac': 0.1, 'binary': 0.2})
-  mode: str = core.hparam('a', source='a test', choices=('a', 'b'))
+  mode: str = hparams.hparam('a', source='a test', choices=('a', 'b'))
 
 
 class _Method:
@@ -44,8 +44,8 @@ class HparamsTableTest(absltest.TestCase):
                   table)
     # A changed default changes the table.
     changed = dataclasses.make_dataclass(
-        'Changed', [('mode', str, core.hparam('b', source='a test'))],
-        bases=(core.SGDHparams,), frozen=True)
+        'Changed', [('mode', str, hparams.hparam('b', source='a test'))],
+        bases=(hparams.SGDHparams,), frozen=True)
     self.assertNotEqual(
         table, hparams_table.markdown({'mine': type('M', (), {
             'Hparams': changed})()}))

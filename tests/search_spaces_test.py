@@ -10,6 +10,7 @@ from absl.testing import parameterized
 from mufax import search_spaces
 from mufax import unlearning
 from mufax.unlearning import core
+from mufax.unlearning import hparams
 
 SPACES = {'lr': search_spaces.LogUniform(1e-4, 1e-1),
           'weight': search_spaces.Uniform(0.0, 2.0),
@@ -54,8 +55,8 @@ class SpacesTest(parameterized.TestCase):
   def test_a_range_beyond_the_allowed_values_is_refused_at_registration(self):
 
     @dataclasses.dataclass(frozen=True)
-    class _Hparams(core.SGDHparams):
-      lr: float = core.hparam(
+    class _Hparams(hparams.SGDHparams):
+      lr: float = hparams.hparam(
           0.01, source='a test', positive=True,
           search=search_spaces.Uniform(0.0, 0.1), search_source='a test')
 
@@ -70,19 +71,19 @@ class SpacesTest(parameterized.TestCase):
 
   def test_a_range_needs_its_source(self):
     with self.assertRaisesRegex(ValueError, 'search and search_source'):
-      core.hparam(0.1, source='a test',
+      hparams.hparam(0.1, source='a test',
                   search=search_spaces.LogUniform(0.01, 1.0))
 
   def test_the_methods_ranges_are_read_from_their_declarations(self):
 
     @dataclasses.dataclass(frozen=True)
-    class _Hparams(core.SGDHparams):
-      lr: float = core.hparam(
+    class _Hparams(hparams.SGDHparams):
+      lr: float = hparams.hparam(
           0.01, source='a test', positive=True,
           search=search_spaces.LogUniform(1e-3, 1.0), search_source='a test')
-      mode: str = core.hparam('a', source='a test', choices=('a', 'b'))
+      mode: str = hparams.hparam('a', source='a test', choices=('a', 'b'))
 
-    self.assertEqual(core.search_spaces_of(_Hparams),
+    self.assertEqual(hparams.search_spaces_of(_Hparams),
                      {'lr': search_spaces.LogUniform(1e-3, 1.0)})
 
 

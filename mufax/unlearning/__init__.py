@@ -34,19 +34,20 @@ from mufax.search_spaces import IntRange
 from mufax.search_spaces import LogUniform
 from mufax.search_spaces import Uniform
 from mufax.unlearning.core import Context
-from mufax.unlearning.core import Hparams
 from mufax.unlearning.core import METHODS
-from mufax.unlearning.core import REFERENCE_SOURCE
 from mufax.unlearning.core import Method
 from mufax.unlearning.core import Row
-from mufax.unlearning.core import SGDHparams
 from mufax.unlearning.core import SGDMethod
 from mufax.unlearning.core import Stage
 from mufax.unlearning.core import Unsupported
-from mufax.unlearning.core import hparam
 from mufax.unlearning.core import register
-from mufax.unlearning.core import search_spaces_of
 from mufax.unlearning.finetune import FineTuneHparams
+from mufax.unlearning.hparams import REFERENCE_SOURCE
+from mufax.unlearning.hparams import Hparams
+from mufax.unlearning.hparams import SGDHparams
+from mufax.unlearning.hparams import hparam
+from mufax.unlearning.hparams import optimizer_fields
+from mufax.unlearning.hparams import search_spaces_of
 from mufax.unlearning.finetune import RETAIN_LOSS
 
 for _module in pkgutil.iter_modules(__path__):
@@ -100,5 +101,6 @@ __all__ = ['ADAM', 'Choice', 'Context', 'FineTuneHparams', 'Forward',
            'Objective', 'PAPER_TABLE', 'REFERENCE_SOURCE', 'RETAIN_LOSS',
            'Row', 'SGD', 'SGDHparams', 'SGDMethod', 'Stage', 'TASK_OBJECTIVE',
            'Uniform', 'Unsupported', 'adam', 'check_config', 'full_batches',
-           'hparam', 'hparams_config', 'passes', 'register', 'retain_driven',
-           'search_spaces_of', 'sgd', 'step_plan', 'zipped']
+           'hparam', 'hparams_config', 'optimizer_fields', 'passes',
+           'register', 'retain_driven', 'search_spaces_of', 'sgd', 'step_plan',
+           'zipped']

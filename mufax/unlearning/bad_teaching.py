@@ -58,6 +58,7 @@ from mufax import objectives
 from mufax import plans
 from mufax import search_spaces
 from mufax.unlearning import core
+from mufax.unlearning import hparams
 from mufax.unlearning import scrub
 
 _NOTEBOOK = ('Chundawat et al. 2023, github.com/vikram2000b/'
@@ -169,25 +170,25 @@ class BadTeaching:
 
 
 @dataclasses.dataclass(frozen=True)
-class BadTeachingHparams(core.SGDHparams):
-  batch_size: int = core.hparam(256, source=_NOTEBOOK + ' (batch_size)',
+class BadTeachingHparams(hparams.SGDHparams):
+  batch_size: int = hparams.hparam(256, source=_NOTEBOOK + ' (batch_size)',
                                 minimum=1)
   # Adam: DeepUnlearn's SGD range shifted down two decades around the
   # notebook's 1e-4.
-  lr: float = core.hparam(
+  lr: float = hparams.hparam(
       1e-4, source=_NOTEBOOK + ' (Adam, lr)', positive=True,
       search=search_spaces.LogUniform(1e-6, 1e-2),
       search_source='DeepUnlearn, munl/settings.py (log-uniform), two '
-      'decades lower for Adam')
-  epochs: int = core.hparam(
+      'decades lower for Adam', in_optimizer=True)
+  epochs: int = hparams.hparam(
       1, source=_NOTEBOOK + ' (epochs)', minimum=1, **search_spaces.EPOCHS)
-  temperature: float = core.hparam(
+  temperature: float = hparams.hparam(
       1.0, source=_NOTEBOOK + ' (KL_temperature)', positive=True,
       search=search_spaces.Uniform(0.5, 5.0),
       search_source='DeepUnlearn, munl/settings.py (temperature: uniform '
       '0..5), from 0.5: 0 is degenerate')
   # Fraction of retain the student sees (drawn once per member).
-  retain_fraction: float = core.hparam(
+  retain_fraction: float = hparams.hparam(
       0.3, source=_NOTEBOOK.replace(' blindspot_unlearner call', '')
       + ' (retain_train_subset: random.sample of 0.3 of retain)',
       positive=True, maximum=1.0, search=search_spaces.Uniform(0.1, 1.0),

@@ -13,6 +13,7 @@ import dataclasses
 from mufax import models
 from mufax import search_spaces
 from mufax.unlearning import core
+from mufax.unlearning import hparams
 from mufax.unlearning import finetune
 
 
@@ -26,7 +27,7 @@ def trainable_groups(k: int) -> frozenset[str]:
 
 @dataclasses.dataclass(frozen=True)
 class CFkHparams(finetune.FineTuneHparams):
-  k: int = core.hparam(
+  k: int = hparams.hparam(
       3, source='protocol §5 (the paper\'s CF-3)', minimum=1,
       maximum=len(models.PARAM_GROUPS),
       search=search_spaces.IntRange(1, len(models.PARAM_GROUPS)),

@@ -28,8 +28,10 @@ from mufax import gradient_sums
 from mufax import objectives as objectives_lib
 from mufax import optimizers
 from mufax import plans
-from mufax import search_spaces
 from mufax import tasks
+from mufax.unlearning.hparams import Hparams
+from mufax.unlearning.hparams import SGDHparams
+from mufax.unlearning.hparams import check_search_spaces
 
 METHODS: dict[str, Method] = {}
 
@@ -40,147 +42,16 @@ def register(name: str):
   def wrap(cls):
     if name in METHODS:
       raise ValueError(f'Unlearning method {name!r} is registered twice.')
-    _check_search_spaces(name, cls.Hparams)
+    check_search_spaces(name, cls.Hparams)
     METHODS[name] = cls(name)
     return cls
 
   return wrap
 
 
-# The source of the defaults of the paper's methods.
-REFERENCE_SOURCE = 'protocol §5 (the reference notebooks)'
 # Whether the reference notebook of each task family fine-tuned and ran UNSIR
 # with the model in eval mode (`Context.bn_train`).
 REFERENCE_EVAL_MODE = {'mufac': True, 'multilabel': False, 'binary': False}
-
-
-def hparam(default, *, source: str, minimum=None, maximum=None,
-           positive: bool = False, choices=None,
-           per_task: Mapping[str, Any] | None = None,
-           search: search_spaces.SearchSpace | None = None,
-           search_source: str | None = None):
-  """A hyperparameter field: its default, where that default comes from (a
-  paper, a reference implementation, or mufax's choice), and the values it
-  may take. Where the reference's value depends on the task, the default is
-  None and `per_task` holds it for each task family (`tasks.FAMILIES`,
-  `Hparams.for_task`). `search` is the range a sweep draws the field from
-  (`mufax.search_spaces`), `search_source` where that range comes from;
-  without one, a sweep keeps the field at its default."""
-  if (search is None) != (search_source is None):
-    raise ValueError('hparam: give search and search_source together.')
-  return dataclasses.field(default=default, metadata={
-      'source': source, 'minimum': minimum, 'maximum': maximum,
-      'positive': positive, 'choices': choices, 'per_task': per_task,
-      'search': search, 'search_source': search_source})
-
-
-def search_spaces_of(hparams_class) -> dict[str, search_spaces.SearchSpace]:
-  """{field: its search range} of the fields that declare one."""
-  return {f.name: f.metadata['search'] for f in dataclasses.fields(
-      hparams_class) if f.metadata.get('search') is not None}
-
-
-def _check_search_spaces(name: str, hparams_class) -> None:
-  """Refuses a search range that reaches values its field refuses."""
-  for field, space in search_spaces_of(hparams_class).items():
-    for value in space.values():
-      try:
-        hparams_class.from_config({field: value})
-      except ValueError as e:
-        raise ValueError(f'Unlearning method {name!r}: the search range of '
-                         f'{field} ({space}) reaches {e}') from e
-
-
-def _widens(value, kinds: tuple[type, ...]) -> bool:
-  """Whether `value` is an int that a float field takes as a float (the
-  command line parses `lr=1` as an int)."""
-  return (float in kinds and int not in kinds and isinstance(value, int)
-          and not isinstance(value, bool))
-
-
-@dataclasses.dataclass(frozen=True)
-class Hparams:
-  """A method's hyperparameters, declared once as a dataclass of `hparam`
-  fields; `config.unlearn.<method>.<field>` overrides each. Making one
-  checks every value."""
-
-  def __post_init__(self):
-    for f in dataclasses.fields(self):
-      value, rule = getattr(self, f.name), f.metadata
-      if value is None or not rule:
-        continue
-      problem = None
-      if rule['choices'] is not None and value not in rule['choices']:
-        problem = f'choose one of {", ".join(map(str, rule["choices"]))}'
-      elif rule['positive'] and not value > 0:
-        problem = 'must be > 0'
-      elif rule['minimum'] is not None and not value >= rule['minimum']:
-        problem = f'must be at least {rule["minimum"]}'
-      elif rule['maximum'] is not None and not value <= rule['maximum']:
-        problem = f'must be at most {rule["maximum"]}'
-      if problem:
-        raise ValueError(f'{f.name}={value!r}: {problem}.')
-
-  @classmethod
-  def from_overrides(cls, overrides: Mapping[str, Any]) -> Hparams:
-    """The defaults, with the overrides' values that are set (not None) for
-    this class's fields (an int given for a float field as a float); other
-    keys are ignored."""
-    kinds = cls._field_types()
-    return cls(**{k: float(v) if _widens(v, kinds[k]) else v
-                  for k, v in overrides.items()
-                  if k in kinds and v is not None})
-
-  @classmethod
-  def from_config(cls, section: Mapping[str, Any]) -> Hparams:
-    """`from_overrides` of the method's `config.unlearn` section, in which
-    every name must be a field of this class and every value of the field's
-    type (or None: the default).
-
-    Raises:
-      ValueError: one line naming the field and what it may be.
-    """
-    kinds = cls._field_types()
-    for name, value in section.items():
-      if name not in kinds:
-        raise ValueError(f'{name}: no such hyperparameter; ' + (
-            f'choose from {", ".join(kinds)}.' if kinds else
-            'the method has none.'))
-      if not (value is None or _widens(value, kinds[name]) or (
-          isinstance(value, kinds[name])
-          and isinstance(value, bool) == (bool in kinds[name]))):
-        raise ValueError(f'{name}={value!r}: must be of type '
-                         f'{" or ".join(k.__name__ for k in kinds[name])}.')
-    return cls.from_overrides(section)
-
-  def for_task(self, task: tasks.Task) -> Hparams:
-    """These values, with each field left at None set to its `per_task`
-    value for `task`'s family."""
-    return dataclasses.replace(self, **{
-        f.name: task.per_family(f.metadata['per_task'])
-        for f in dataclasses.fields(self)
-        if getattr(self, f.name) is None and f.metadata.get('per_task')})
-
-  @classmethod
-  def _field_types(cls) -> dict[str, tuple[type, ...]]:
-    """{field: the types it declares, None aside}."""
-    hints = typing.get_type_hints(cls)
-    return {f.name: tuple(t for t in typing.get_args(hints[f.name])
-                          or (hints[f.name],) if t is not type(None))
-            for f in dataclasses.fields(cls)}
-
-  def settings(self) -> dict:
-    """The values set, for results.json (None: the task's reference, which
-    the stages report)."""
-    return {k: v for k, v in dataclasses.asdict(self).items()
-            if v is not None}
-
-
-@dataclasses.dataclass(frozen=True)
-class SGDHparams(Hparams):
-  """What every method that trains has."""
-  batch_size: int = hparam(64, source=REFERENCE_SOURCE,
-                           minimum=1)
 
 
 @dataclasses.dataclass
@@ -199,6 +70,9 @@ class Context:
   # Values of `config.unlearn.<method>`: overrides of the method's
   # `Hparams` (None or absent keeps the default).
   hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  # A sweep's: each member's own overrides, in place of `hparams`; members
+  # may differ only in `in_optimizer` fields.
+  member_hparams: tuple[Mapping[str, Any], ...] | None = None
   # Trains a protocol §4 population ('retrain', for `retrain`), or reuses its
   # checkpoint, and returns its row (`train.from_scratch`).
   train_from_scratch: Callable[[str], Row] | None = None
@@ -214,6 +88,13 @@ class Context:
 
   def for_seed(self, seed: int) -> Context:
     return dataclasses.replace(self, seeds=(seed,))
+
+  def member(self, k: int) -> Context:
+    """The one-member context of member `k`: its seed and overrides."""
+    return dataclasses.replace(
+        self, seeds=(self.seeds[k],), member_hparams=None,
+        hparams=(self.member_hparams[k] if self.member_hparams
+                 else self.hparams))
 
   def size(self, name: str) -> int:
     return len(self.data[name]['label'])
@@ -299,6 +180,22 @@ class Stage:
                else {})}
 
 
+def member_learning_rates(stages: typing.Sequence[Stage]) -> list | None:
+  """The members' learning rates of one stage where they differ (None where
+  they agree); members whose stages differ in anything else the engine
+  reads from the first are refused, as one program runs them all."""
+  first = dataclasses.replace(stages[0], learning_rate=0.0).settings()
+  for stage in stages[1:]:
+    if (dataclasses.replace(stage, learning_rate=0.0).settings() != first
+        or len(stage.plan) != len(stages[0].plan)):
+      raise ValueError(
+          f'Stage {stages[0].name or stages[0].row!r}: members of one '
+          'program differ in more than the learning rate: '
+          f'{first} against {stage.settings()}.')
+  rates = [stage.learning_rate for stage in stages]
+  return None if len(set(rates)) == 1 else rates
+
+
 # --------------------------------------------------------------- methods
 
 
@@ -350,7 +247,7 @@ class SGDMethod(Method):
     return [s.row for s in self.stages(ctx.for_seed(ctx.seed)) if s.row]
 
   def _run_stage(self, ctx, stage, plan, variables, rngs, measurements,
-                 label, teachers):
+                 label, teachers, learning_rates=None):
     engine, population = ctx.engine, len(ctx.seeds)
     update_tx, make_tx = (optimizers.OPTIMIZERS
                           | gradient_sums.GRADIENT_SUMS)[stage.optimizer]
@@ -361,6 +258,8 @@ class SGDMethod(Method):
     state = engine.state_from(
         variables, make_tx(stage.learning_rate, stage.momentum),
         trainable=stage.trainable, population=population)
+    if learning_rates is not None:
+      state = optimizers.with_learning_rate(state, np.asarray(learning_rates))
     if stage.gradient_scale is not None:
       scale = engine.put_members(stage.gradient_scale(
           state.variables, measurements, rngs), population)
@@ -369,7 +268,9 @@ class SGDMethod(Method):
     cluster.log(
         f'{label}: {len(plan)} '
         + ('gradient passes' if stage.measures else
-           f'update steps, learning rate {stage.learning_rate}')
+           'update steps, learning rate ' + (
+               f'{stage.learning_rate}' if learning_rates is None else
+               f'{min(learning_rates):.3g}..{max(learning_rates):.3g}'))
         + f', BatchNorm in {"train" if stage.bn_train else "eval"} mode'
         + (f', {population} models' if population > 1 else ''))
     state, result = engine.run(
@@ -391,7 +292,7 @@ class SGDMethod(Method):
     """
     engine = ctx.engine
     population = len(ctx.seeds)
-    per_member = [self.stages(ctx.for_seed(s)) for s in ctx.seeds]
+    per_member = [self.stages(ctx.member(k)) for k in range(population)]
     progress = (checkpoints.Progress(ctx.progress_dir) if ctx.progress_dir
                 else None)
     variables, measurements, done = self._resume(
@@ -403,6 +304,7 @@ class SGDMethod(Method):
         continue
       stage = stages[0]
       label = stage.row or stage.name or self.name
+      learning_rates = member_learning_rates(stages)
       plan = plans.Plan.stack([s.plan for s in stages])
       rngs = jax.vmap(lambda s, i=index: jax.random.fold_in(
           jax.random.key(s), i))(np.asarray(ctx.seeds, np.int32))
@@ -415,7 +317,8 @@ class SGDMethod(Method):
         if stage.teachers and teachers is None:
           teachers = self.teachers(ctx, original)
         state, result = self._run_stage(ctx, stage, plan, variables, rngs,
-                                        measurements, label, teachers)
+                                        measurements, label, teachers,
+                                        learning_rates)
         diverged = self._add_run(ctx, done, result, label)
         if diverged:
           later = [s.row for s in per_member[0][index:] if s.row]

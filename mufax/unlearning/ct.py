@@ -34,6 +34,7 @@ import numpy as np
 from mufax import plans
 from mufax import search_spaces
 from mufax.unlearning import core
+from mufax.unlearning import hparams
 from mufax.unlearning import finetune
 
 _SOURCE = ('Cadet, Gayet et al. 2024 (DeepUnlearn), github.com/xcadet/'
@@ -62,16 +63,16 @@ def cosine_annealing(lr: float, epochs: int) -> list[float]:
 
 
 @dataclasses.dataclass(frozen=True)
-class CTHparams(core.SGDHparams):
-  batch_size: int = core.hparam(
+class CTHparams(hparams.SGDHparams):
+  batch_size: int = hparams.hparam(
       64, source=_SOURCE + ', KGLTop5.ORIGINAL_BATCH_SIZE', minimum=1)
-  lr: float = core.hparam(
+  lr: float = hparams.hparam(
       0.001, source=_SOURCE + ', KGLTop5.ORIGINAL_LR', positive=True,
       **search_spaces.LEARNING_RATES)
-  epochs: int = core.hparam(
+  epochs: int = hparams.hparam(
       3, source=_SOURCE + ', KGLTop5.ORIGINAL_NUM_EPOCHS', minimum=1,
       **search_spaces.EPOCHS)
-  momentum: float = core.hparam(
+  momentum: float = hparams.hparam(
       0.9, source=_SOURCE + ', KGLTop5.ORIGINAL_MOMENTUM', minimum=0.0,
       maximum=1.0)
 

@@ -8,6 +8,7 @@ from mufax import objectives
 from mufax import plans
 from mufax import search_spaces
 from mufax.unlearning import core
+from mufax.unlearning import hparams
 
 
 def role_task_loss(role: str) -> objectives.Objective:
@@ -42,12 +43,12 @@ def retain_stage(ctx: core.Context, row: str | None, *, learning_rate: float,
 
 
 @dataclasses.dataclass(frozen=True)
-class FineTuneHparams(core.SGDHparams):
-  lr: float = core.hparam(
-      0.001, source=core.REFERENCE_SOURCE, positive=True,
+class FineTuneHparams(hparams.SGDHparams):
+  lr: float = hparams.hparam(
+      0.001, source=hparams.REFERENCE_SOURCE, positive=True,
       **search_spaces.LEARNING_RATES)
-  epochs: int = core.hparam(
-      2, source=core.REFERENCE_SOURCE, minimum=1, **search_spaces.EPOCHS)
+  epochs: int = hparams.hparam(
+      2, source=hparams.REFERENCE_SOURCE, minimum=1, **search_spaces.EPOCHS)
 
 
 @core.register('finetune')

@@ -31,6 +31,7 @@ from mufax import objectives
 from mufax import plans
 from mufax import search_spaces
 from mufax.unlearning import core
+from mufax.unlearning import hparams
 
 _RUN = ('Jia et al. 2023, github.com/OPTML-Group/Unlearn-Sparse, run.py '
         'params["FT_prune"], ResNet-18 CIFAR-10')
@@ -69,23 +70,23 @@ class RetainL1Loss:
 
 
 @dataclasses.dataclass(frozen=True)
-class L1SparseHparams(core.SGDHparams):
-  batch_size: int = core.hparam(256, source=_ARGS + ' (--batch_size)',
+class L1SparseHparams(hparams.SGDHparams):
+  batch_size: int = hparams.hparam(256, source=_ARGS + ' (--batch_size)',
                                 minimum=1)
-  lr: float = core.hparam(
+  lr: float = hparams.hparam(
       0.01, source=_README + ' (--unlearn_lr 0.01)', positive=True,
       **search_spaces.LEARNING_RATES)
-  epochs: int = core.hparam(
+  epochs: int = hparams.hparam(
       10, source=_README + ' (--unlearn_epochs 10)', minimum=1,
       **search_spaces.EPOCHS)
   # The penalty weight of the first epoch, decayed linearly to alpha / E.
   # ResNet-18's summed |weights| is of order 1e4: a decade either side of
   # the reference's 1e-4 goes from a negligible penalty to a dominant one.
-  alpha: float = core.hparam(
+  alpha: float = hparams.hparam(
       1e-4, source=_RUN + ' (--alpha 0.0001)', minimum=0.0,
       search=search_spaces.LogUniform(1e-5, 1e-3),
       search_source='mufax: a decade either side of the reference\'s 1e-4')
-  momentum: float = core.hparam(0.9, source=_ARGS + ' (--momentum)',
+  momentum: float = hparams.hparam(0.9, source=_ARGS + ' (--momentum)',
                                 minimum=0.0, maximum=0.999)
 
 

@@ -56,6 +56,7 @@ import numpy as np
 from mufax import plans
 from mufax import search_spaces
 from mufax.unlearning import core
+from mufax.unlearning import hparams
 from mufax.unlearning import finetune
 
 _SOURCE = ('Cadet, Gayet et al. 2024 (DeepUnlearn), github.com/xcadet/'
@@ -159,28 +160,28 @@ def linear_annealing(lr: float, epochs: int) -> list[float]:
 
 
 @dataclasses.dataclass(frozen=True)
-class MSGHparams(core.SGDHparams):
-  batch_size: int = core.hparam(
+class MSGHparams(hparams.SGDHparams):
+  batch_size: int = hparams.hparam(
       64, source=_SOURCE + ', KGLTop2.ORIGINAL_BATCH_SIZE (the retain '
       'gradient pass\'s batch_size=64 too; mufax uses this for both '
       'gradient passes)', minimum=1)
-  lr: float = core.hparam(
+  lr: float = hparams.hparam(
       0.001, source=_SOURCE + ', KGLTop2.ORIGINAL_LR', positive=True,
       **search_spaces.LEARNING_RATES)
-  epochs: int = core.hparam(
+  epochs: int = hparams.hparam(
       5, source=_SOURCE + ', KGLTop2.ORIGINAL_NUM_EPOCHS', minimum=1,
       **search_spaces.EPOCHS)
-  momentum: float = core.hparam(
+  momentum: float = hparams.hparam(
       0.9, source=_SOURCE + ', KGLTop2.ORIGINAL_MOMENTUM', minimum=0.0,
       maximum=1.0)
   # Fraction of each convolution's elements re-initialised.
-  init_rate: float = core.hparam(
+  init_rate: float = hparams.hparam(
       0.3, source=_SOURCE + ', KGLTop2.ORIGINAL_INIT_RATE', minimum=0.0,
       maximum=1.0, search=search_spaces.Uniform(0.0, 1.0),
       search_source='DeepUnlearn, munl/unlearning/kgltop2.py (init_rate: '
       'uniform 0..1)')
   # Gradient multiplier of the conv elements kept.
-  kept_gradient_scale: float = core.hparam(
+  kept_gradient_scale: float = hparams.hparam(
       0.1, source=_SOURCE + ', re_init_model_snip_ver2_little_grad '
       '(grad_mask[grad_mask == 0] += 0.1)', minimum=0.0)
 

@@ -34,6 +34,7 @@ from mufax import objectives
 from mufax import plans
 from mufax import search_spaces
 from mufax.unlearning import core
+from mufax.unlearning import hparams
 from mufax.unlearning import finetune
 
 _ARGS = ('Fan et al. 2024 (SalUn), github.com/OPTML-Group/Unlearn-Saliency, '
@@ -112,21 +113,21 @@ class RandomLabelForgetLoss:
 
 
 @dataclasses.dataclass(frozen=True)
-class RandomLabelsHparams(core.SGDHparams):
-  batch_size: int = core.hparam(256, source=_ARGS + ' (--batch_size)',
+class RandomLabelsHparams(hparams.SGDHparams):
+  batch_size: int = hparams.hparam(256, source=_ARGS + ' (--batch_size)',
                                 minimum=1)
-  lr: float = core.hparam(
+  lr: float = hparams.hparam(
       0.01, source=_RUN + ' (--unlearn_lr 0.01); also ' + _ARGS
       + ' (--unlearn_lr)', positive=True, **search_spaces.LEARNING_RATES)
-  epochs: int = core.hparam(
+  epochs: int = hparams.hparam(
       10, source=_RUN + ' (--unlearn_epochs 10); also ' + _ARGS
       + ' (--unlearn_epochs) and Classification/README.md', minimum=1,
       **search_spaces.EPOCHS)
-  momentum: float = core.hparam(0.9, source=_ARGS + ' (--momentum)',
+  momentum: float = hparams.hparam(0.9, source=_ARGS + ' (--momentum)',
                                 minimum=0.0, maximum=0.999)
   # Which labels a forget image's random label is drawn from (`DRAWS`):
   # 'all' as the reference's code, 'other' as the SalUn paper.
-  labels: str = core.hparam('all', source=_DRAW, choices=DRAWS)
+  labels: str = hparams.hparam('all', source=_DRAW, choices=DRAWS)
 
 
 def relabel_stage(ctx: core.Context, row: str, hp: RandomLabelsHparams,

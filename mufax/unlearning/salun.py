@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from mufax import plans
 from mufax import search_spaces
 from mufax.unlearning import core
+from mufax.unlearning import hparams
 from mufax.unlearning import finetune
 from mufax.unlearning import random_labels
 
@@ -76,11 +77,11 @@ def saliency_mask(gradient_sums, mask_ratio: float):
 class SalUnHparams(random_labels.RandomLabelsHparams):
   # Batch size, epochs, momentum and labels as random labels (the same
   # reference).
-  lr: float = core.hparam(
+  lr: float = hparams.hparam(
       0.013, source=_SOURCE + ' (--unlearn_lr)', positive=True,
       **search_spaces.LEARNING_RATES)
   # Fraction of parameter elements the mask keeps.
-  mask_ratio: float = core.hparam(
+  mask_ratio: float = hparams.hparam(
       0.5, source=_SOURCE + ' (--mask_path mask/with_0.5.pt)', positive=True,
       maximum=1.0, search=search_spaces.Uniform(0.1, 1.0),
       search_source='github.com/OPTML-Group/Unlearn-Saliency, '

@@ -21,6 +21,7 @@ from mufax import objectives
 from mufax import plans
 from mufax import search_spaces
 from mufax.unlearning import core
+from mufax.unlearning import hparams
 
 # Whether an epoch has a forget pass, per task family: the multi-label
 # notebook has none.
@@ -73,19 +74,19 @@ class Distillation:
 
 
 @dataclasses.dataclass(frozen=True)
-class SCRUBHparams(core.SGDHparams):
-  lr: float | None = core.hparam(
-      None, source=core.REFERENCE_SOURCE, positive=True,
+class SCRUBHparams(hparams.SGDHparams):
+  lr: float | None = hparams.hparam(
+      None, source=hparams.REFERENCE_SOURCE, positive=True,
       per_task={'mufac': 0.001, 'binary': 0.0001, 'multilabel': 0.001},
       **search_spaces.LEARNING_RATES)
-  epochs: int | None = core.hparam(
-      None, source=core.REFERENCE_SOURCE, minimum=1,
+  epochs: int | None = hparams.hparam(
+      None, source=hparams.REFERENCE_SOURCE, minimum=1,
       per_task={'mufac': 2, 'binary': 1, 'multilabel': 2},
       **search_spaces.EPOCHS)
   # DeepUnlearn draws kd_T from [0, 5]; 0 is degenerate, and SCRUB's own
   # notebooks (github.com/meghdadk/SCRUB) use 2, 4 and 8.
-  temperature: float = core.hparam(
-      4.0, source=core.REFERENCE_SOURCE, positive=True,
+  temperature: float = hparams.hparam(
+      4.0, source=hparams.REFERENCE_SOURCE, positive=True,
       search=search_spaces.Uniform(0.5, 8.0),
       search_source='SCRUB\'s notebooks (kd_T 2, 4, 8) and DeepUnlearn, '
       'munl/settings.py (temperature: uniform 0..5)')

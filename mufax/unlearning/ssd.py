@@ -37,6 +37,7 @@ from mufax import objectives
 from mufax import plans
 from mufax import search_spaces
 from mufax.unlearning import core
+from mufax.unlearning import hparams
 
 _SOURCE = ('Foster et al. 2024 (SSD), github.com/if-loops/'
            'selective-synaptic-dampening, src/forget_random_main.py')
@@ -93,8 +94,8 @@ def dampen(params, forget_importance, train_importance, *, alpha: float,
 
 
 @dataclasses.dataclass(frozen=True)
-class SSDHparams(core.SGDHparams):
-  batch_size: int = core.hparam(
+class SSDHparams(hparams.SGDHparams):
+  batch_size: int = hparams.hparam(
       128, source=_SOURCE + ' (-b default 128; forget DataLoader 128)',
       minimum=1)
   # Selection weighting alpha.
@@ -102,13 +103,13 @@ class SSDHparams(core.SGDHparams):
   # sets of 1/50 to 1/600 of train. A forget set of a fraction f of train
   # caps I_f at about I_D / f (MUFAC: 6.6 I_D), so the range reaches well
   # below that cap.
-  alpha: float = core.hparam(
+  alpha: float = hparams.hparam(
       10.0, source=_SOURCE + ' (selection_weighting 10, ResNet-18)',
       positive=True, search=search_spaces.LogUniform(0.3, 30.0),
       search_source='mufax: around the paper\'s 5..50, down past MUFAC\'s '
       '|D|/|f| = 6.6')
   # Dampening constant lambda.
-  dampening: float = core.hparam(
+  dampening: float = hparams.hparam(
       1.0, source=_SOURCE + ' (dampening_constant 1, ResNet-18)',
       positive=True, search=search_spaces.LogUniform(0.1, 10.0),
       search_source='mufax: around the paper\'s 1 and 0.1 (its face set)')

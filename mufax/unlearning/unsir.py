@@ -22,6 +22,7 @@ from mufax import objectives
 from mufax import plans
 from mufax import search_spaces
 from mufax.unlearning import core
+from mufax.unlearning import hparams
 from mufax.unlearning import finetune
 
 
@@ -74,22 +75,22 @@ _SEARCH_SOURCE = ('mufax: around Tarun et al.\'s notebook, '
 
 
 @dataclasses.dataclass(frozen=True)
-class UNSIRHparams(core.SGDHparams):
+class UNSIRHparams(hparams.SGDHparams):
   # Both stages' learning rate.
-  lr: float = core.hparam(
-      0.001, source=core.REFERENCE_SOURCE, positive=True,
+  lr: float = hparams.hparam(
+      0.001, source=hparams.REFERENCE_SOURCE, positive=True,
       **search_spaces.LEARNING_RATES)
-  epochs: int = core.hparam(
-      2, source=core.REFERENCE_SOURCE + ', stage 1', minimum=1,
+  epochs: int = hparams.hparam(
+      2, source=hparams.REFERENCE_SOURCE + ', stage 1', minimum=1,
       search=search_spaces.IntRange(1, 5), search_source=_SEARCH_SOURCE)
-  repair_epochs: int = core.hparam(
-      1, source=core.REFERENCE_SOURCE + ', stage 2', minimum=1,
+  repair_epochs: int = hparams.hparam(
+      1, source=hparams.REFERENCE_SOURCE + ', stage 2', minimum=1,
       search=search_spaces.IntRange(1, 5), search_source=_SEARCH_SOURCE)
-  noise_steps: int = core.hparam(
-      5, source=core.REFERENCE_SOURCE, minimum=0,
+  noise_steps: int = hparams.hparam(
+      5, source=hparams.REFERENCE_SOURCE, minimum=0,
       search=search_spaces.IntRange(1, 64), search_source=_SEARCH_SOURCE)
-  noise_lr: float = core.hparam(
-      0.01, source=core.REFERENCE_SOURCE, positive=True,
+  noise_lr: float = hparams.hparam(
+      0.01, source=hparams.REFERENCE_SOURCE, positive=True,
       search=search_spaces.LogUniform(1e-3, 1.0),
       search_source=_SEARCH_SOURCE)
 
