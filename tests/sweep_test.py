@@ -257,8 +257,13 @@ class SelectionIsBlindTest(absltest.TestCase):
     config.sweep.candidates = 4
     config.unlearn.finetune.epochs = 1
     self.originals = self.create_tempdir().full_path
-    clean = self.sweep_once(config, self.create_tempdir().full_path, False)
+    workdir = self.create_tempdir().full_path
+    clean = self.sweep_once(config, workdir, False)
     dirty = self.sweep_once(config, self.create_tempdir().full_path, True)
+    # Started again, a finished sweep reads its JSON and runs nothing.
+    with mock.patch.object(unlearning.METHODS['finetune'], 'run',
+                           side_effect=AssertionError('ran again')):
+      self.assertEqual(self.sweep_once(config, workdir, False), clean)
     for criterion in ('nomus', 'retrain'):
       self.assertEqual(clean['chosen'][criterion],
                        dirty['chosen'][criterion], criterion)
