@@ -230,6 +230,16 @@ def device_check(results) -> list[str]:
           for line in ([''] if k else []) + block]
 
 
+def sweep(results) -> list[str]:
+  return _table(
+      ['method', 'candidates', 'varied', 'ResNet-18 width', 'image',
+       'one program s', 'one by one s', 'ratio'],
+      [[results['method'], results['candidates'],
+        f'{results["field"]} ({results["range"]})', results['num_filters'],
+        results['image_size'], f'{results["one_program_s"]:.1f}',
+        f'{results["one_by_one_s"]:.1f}', f'{results["ratio"]:.2f}']])
+
+
 @dataclasses.dataclass(frozen=True)
 class Section:
   json: str  # under benchmarks/results/
@@ -269,6 +279,7 @@ SECTIONS = {
         'quickstart_population8.json', 'quickstart',
         '--config=configs/quickstart.py --config.population.size=8',
         quickstart),
+    'sweep': _section('sweep.json', 'sweep', '', sweep),
     'device_check': Section(
         'device_check.json',
         'python -m benchmarks.device_check '
