@@ -52,6 +52,12 @@ def validation_half(identities: np.ndarray, seed: int) -> np.ndarray:
   return np.isin(identities, chosen)
 
 
+def validation_halves(data: Splits, seed: int) -> dict[str, np.ndarray]:
+  """{'test', 'unseen'}: each split's `validation_half`, seeded apart."""
+  return {split: validation_half(data[split]['identity'], seed + k + 1)
+          for k, split in enumerate(('test', 'unseen'))}
+
+
 def _subset(split: Mapping[str, np.ndarray], mask: np.ndarray) -> dict:
   return {key: values[mask] for key, values in split.items()}
 
@@ -65,8 +71,7 @@ def request_splits(data: Splits, seed: int) -> tuple[dict, dict]:
   people = rehearsal_people(data['retain']['identity'],
                             data['forget']['identity'], seed)
   rehearsing = np.isin(data['retain']['identity'], people)
-  halves = {split: validation_half(data[split]['identity'], seed + k + 1)
-            for k, split in enumerate(('test', 'unseen'))}
+  halves = validation_halves(data, seed)
   rehearsal = {'train': data['train'],
                'retain': _subset(data['retain'], ~rehearsing),
                'forget': _subset(data['retain'], rehearsing)}

@@ -84,10 +84,15 @@ def method_names(config) -> list[str]:
   return names
 
 
+def criteria_of(config) -> list[str]:
+  """`config.sweep.criteria` as a list."""
+  return [c.strip() for c in config.sweep.criteria.split(',') if c.strip()]
+
+
 def check_config(config) -> None:
   """Raises ValueError (one line) for a sweep setting that cannot work."""
   sweep = config.sweep
-  criteria = [c.strip() for c in sweep.criteria.split(',') if c.strip()]
+  criteria = criteria_of(config)
   unknown = [c for c in criteria if c not in CRITERIA]
   if unknown or not criteria:
     raise ValueError(f'config.sweep.criteria={sweep.criteria!r}: choose from '
@@ -187,8 +192,9 @@ class Sweep:
     self.settings = settings
     self.requests = requests  # {'rehearsal': Request, 'real': Request}
     self.folder = os.path.join(workdir, 'sweep')
-    self.criteria = [c.strip() for c in config.sweep.criteria.split(',')
-                     if c.strip()]
+    self.criteria = criteria_of(config)
+    # Only process 0 writes; every process runs the programs.
+    self.primary = jax.process_index() == 0
 
   def score(self, request: Request, variables, seeds, moved_from) -> dict:
     """Protocol §6 on the request's splits, F, the attack and the final
@@ -196,10 +202,9 @@ class Sweep:
     record, arrays = self.evaluate(variables, engine=request.engine,
                                    seeds=seeds, original=moved_from)
     members = record.get('members') or [record]
-    out = {key: intervals.t_interval([m[key] for m in members])
-           for key in ('accuracy', 'retain_accuracy', 'mia', 'nomus')}
-    out = {k: v[0] for k, v in out.items()} | {
-        f'{k}_ci95': v[1] for k, v in out.items()}
+    out = intervals.summarise({
+        key: [m[key] for m in members]
+        for key in ('accuracy', 'retain_accuracy', 'mia', 'nomus')})
     out['phi_forget'] = arrays['phi_forget']
     if 'moved_from_original' in record:
       out['moved_from_original'] = record['moved_from_original']
@@ -226,8 +231,9 @@ class Sweep:
     rows = []
     for name in method_names(self.config):
       rows += self.run_method(name)
-    write_tuned(self.folder, rows, self.requests)
-    write_json(os.path.join(self.folder, 'tuned.json'), {'rows': rows})
+    if self.primary:
+      write_tuned(self.folder, rows, self.requests)
+      write_json(os.path.join(self.folder, 'tuned.json'), {'rows': rows})
     return rows
 
   def run_method(self, name: str) -> list[dict]:
@@ -254,9 +260,10 @@ class Sweep:
     if 'peek' in self.criteria:
       chosen['peek'] = self._choose(state, 'real', 'peek')
     state['chosen'] = chosen
-    write_json(path, state)
-    plots.plot_sweep(state, self.requests['rehearsal'].reference,
-                     os.path.join(self.folder, f'{name}.png'))
+    if self.primary:
+      write_json(path, state)
+      plots.plot_sweep(state, self.requests['rehearsal'].reference,
+                       os.path.join(self.folder, f'{name}.png'))
     return [self._row(name, criterion, state['candidates'][k])
             for criterion, k in chosen.items() if k is not None]
 
@@ -291,7 +298,8 @@ class Sweep:
                   f'{", ".join(map(str, members))} in one program')
       for k, scores in self._run_program(name, cands, members, request):
         entries[k][request_name] = scores
-      write_json(path, state)
+      if self.primary:
+        write_json(path, state)
 
   def _run_program(self, name, cands, members, request):
     method = unlearning.METHODS[name]

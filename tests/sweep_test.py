@@ -229,9 +229,9 @@ class SelectionIsBlindTest(absltest.TestCase):
     data = {name: dict(split) for name, split in data.items()}
     data['forget']['image'] = rng.integers(
         0, 256, data['forget']['image'].shape, dtype=np.uint8)
-    for k, name in enumerate(('test', 'unseen')):
-      held = ~rehearsal.validation_half(data[name]['identity'],
-                                        config.sweep.seed + k + 1)
+    for name, half in rehearsal.validation_halves(
+        data, config.sweep.seed).items():
+      held = ~half
       labels = data[name]['label'].copy()
       labels[held] = rng.permutation(labels[held])
       images = data[name]['image'].copy()
