@@ -118,6 +118,17 @@ def get_config() -> ml_collections.ConfigDict:
   # Seeds the candidates' draws and the rehearsal request.
   config.sweep.seed = 0
 
+  # Deletion requests one after another (docs/protocol.md §10): `count`
+  # requests (0: none) of `people` people each (0: as many as the forget
+  # set); request 1 is the stored forget set (`first='forget'`) or drawn
+  # like the others (`'drawn'`); `methods`: paper, or a list.
+  config.requests = ml_collections.ConfigDict()
+  config.requests.count = 0
+  config.requests.people = 0
+  config.requests.first = 'forget'
+  config.requests.seed = 0
+  config.requests.methods = 'paper'
+
   config.protocol = 'paper'  # or clean (protocol §8)
   config.lam = 0.5  # NoMUS weight λ of accuracy
   config.seed = 42

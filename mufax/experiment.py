@@ -25,6 +25,7 @@ from mufax import cluster
 from mufax import compilation
 from mufax import convert
 from mufax import datasets
+from mufax import deletion_requests
 from mufax import engine as engine_lib
 from mufax import evaluation
 from mufax import files
@@ -329,6 +330,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
         results.write_results(workdir, records, config)
   if config.sweep.methods:
     run_sweep(config, workdir, ctx, data, original_model)
+  if config.requests.count:
+    run_requests(config, workdir, ctx, data, original_model)
   if not primary:
     # The extended evaluation reads the losses process 0 wrote.
     return records
@@ -358,6 +361,43 @@ def run_sweep(config, workdir: str, ctx: unlearning.Context,
       config, workdir, ctx, original=original_model, requests=requests,
       evaluate=functools.partial(evaluate_model, task=ctx.task,
                                  lam=config.lam),
+      retrain_seeds=run_config.seeds_of(config, 'retrain'),
+      settings=results.settings_digest(config)).run()
+
+
+def run_requests(config, workdir: str, ctx: unlearning.Context,
+                 data: dict[str, dict[str, np.ndarray]],
+                 original_model: Callable[[], unlearning.Row]) -> dict:
+  """The deletion requests of `config.requests` (mufax/deletion_requests.py),
+  each on an engine of its own splits with a population retrained without
+  the people of it and every request before; returns requests.json."""
+  spec = config.requests
+  people = deletion_requests.draw_requests(
+      data, count=spec.count, people=spec.people, seed=spec.seed,
+      first=spec.first, excluded=rehearsal.rehearsal_people(
+          data['retain']['identity'], data['forget']['identity'],
+          config.sweep.seed) if config.sweep.methods else ())
+  splits = deletion_requests.request_splits(data, people, spec.first)
+  requests = []
+  for r, request_data in enumerate(splits):
+    engine = make_engine(config, ctx.task, request_data)
+    # The stored forget set's retrained population is the table's own.
+    folder = workdir if r == 0 and spec.first == 'forget' else os.path.join(
+        workdir, 'requests', f'request{r + 1}')
+    requests.append(sweep.Request(f'request{r + 1}', engine, functools.partial(
+        train.from_scratch, 'retrain', config, task=ctx.task, engine=engine,
+        workdir=folder)))
+  cluster.log('requests: ' + ', '.join(
+      f'{len(p)} people ({len(s["forget"]["label"])} images)'
+      for p, s in zip(people, splits)))
+  return deletion_requests.Requests(
+      config, workdir, ctx, people, requests,
+      batch_engine=make_engine(config, ctx.task,
+                               deletion_requests.batch_splits(splits[-1])),
+      evaluate=functools.partial(evaluate_model, task=ctx.task,
+                                 lam=config.lam),
+      original=original_model,
+      method_context=functools.partial(method_context, ctx, config),
       retrain_seeds=run_config.seeds_of(config, 'retrain'),
       settings=results.settings_digest(config)).run()
 

@@ -309,3 +309,45 @@ def plot_sweep(state: Mapping, retrained: Mapping, path: str) -> None:
     ax.legend(loc='best', fontsize=7)
   fig.suptitle(f'{len(scored)} candidates on the rehearsal request')
   _save(fig, path)
+
+
+def plot_requests(state: Mapping, path: str) -> None:
+  """Deletion requests one after another: accuracy, F of the newest
+  request's people, F of every earlier request's, and the cumulative cost
+  against the request number, one line per method; retraining's (its
+  accuracy, one retraining per request) and the original's (its F) beside
+  them.
+
+  Args:
+    state: a `requests/requests.json`.
+    path: where to write the PNG.
+  """
+  numbers = [r['request'] for r in state['requests']]
+  fig = Figure(figsize=(12.0, 3.6), layout='constrained')
+  panels = fig.subplots(1, 4)
+  keys = ('accuracy', 'F', 'earlier_F', 'cumulative_cost')
+  titles = ('test accuracy', 'F of the newest request', 'F of the earlier '
+            'requests', 'cumulative cost × retraining')
+  for ax, key, title in zip(panels, keys, titles):
+    for name, entry in state['methods'].items():
+      points = [(e['request'], e[key]) for e in entry['sequential']
+                if key in e]
+      if points:
+        ax.plot(*zip(*points), marker='o', markersize=3, label=name)
+    if key == 'accuracy':
+      ax.plot(numbers, [r['accuracy'] for r in state['retrain']], 'k--',
+              linewidth=1, label='retraining')
+    elif key == 'cumulative_cost':
+      ax.plot(numbers, numbers, 'k--', linewidth=1,
+              label='retraining at every request')
+      ax.axhline(1.0, color='grey', linewidth=0.8, linestyle=':')
+    else:
+      points = [(e['request'], e[key]) for e in state['original'] if key in e]
+      if points:
+        ax.plot(*zip(*points), 'k:', linewidth=1, label='original')
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel('request')
+    ax.set_xticks(numbers)
+  panels[0].legend(fontsize=7)
+  panels[-1].legend(fontsize=7)
+  _save(fig, path)

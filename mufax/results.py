@@ -29,7 +29,8 @@ from mufax.evaluators import intervals
 RESULT_FILES = ('results.json', 'results.md', 'losses',
                 'loss_histograms.png', 'accuracy_vs_forgetting.png',
                 'epsilon_distributions.png', 'accuracy_vs_forget_score.png',
-                'examples', 'identities', 'least_forgotten', 'sweep')
+                'examples', 'identities', 'least_forgotten', 'sweep',
+                'requests')
 
 
 def too_few_models(config) -> str | None:
@@ -55,7 +56,7 @@ def comparable_config(config: dict) -> dict:
   config = json.loads(json.dumps(config, default=str))
   # How steps are executed changes float rounding only.
   for key in ('methods', 'log_every_s', 'compilation_cache_dir', 'plugins',
-              'checkpoint_every_s', 'engine', 'sweep'):
+              'checkpoint_every_s', 'engine', 'sweep', 'requests'):
     config.pop(key, None)
   for key in ('device_memory_gb', 'members_per_call'):
     config.get('population', {}).pop(key, None)
@@ -140,6 +141,10 @@ def write_results(workdir: str, records: list[dict], config,
     if os.path.exists(tuned):
       with open(tuned) as t:
         f.write(f'\n## Tuned (config.sweep)\n\n{t.read()}')
+    served = os.path.join(workdir, 'requests', 'requests.md')
+    if os.path.exists(served):
+      with open(served) as t:
+        f.write(f'\n## Deletion requests (config.requests)\n\n{t.read()}')
 
 
 EXTENDED_LEGEND = (

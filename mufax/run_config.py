@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 
+from mufax import deletion_requests
 from mufax import executors
 from mufax import metrics
 from mufax import models
@@ -118,6 +119,8 @@ def check_config(config) -> list[str]:
     unlearning.check_config(config.unlearn.to_dict())
     if config.sweep.methods:
       sweep.check_config(config)
+    if config.requests.count:
+      deletion_requests.check_config(config)
   except ValueError as e:
     raise ConfigError(str(e)) from e
   return method_names(config)

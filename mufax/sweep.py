@@ -173,6 +173,31 @@ def forgetting(phi_forget: np.ndarray, retrained_phi: np.ndarray,
           'attack_ci95': intervals.bootstrap_half_width(attack, identities)}
 
 
+def score(evaluate: Callable, request: Request, variables, seeds,
+          moved_from) -> tuple[dict, dict]:
+  """Protocol §6 of a population on the request's splits (`evaluate`:
+  `experiment.evaluate_model`), and, once the request has its reference, F,
+  the attack and the final score against its retrained population; returns
+  (the scores with `phi_forget`, the evaluation's arrays)."""
+  record, arrays = evaluate(variables, engine=request.engine, seeds=seeds,
+                            original=moved_from)
+  members = record.get('members') or [record]
+  out = intervals.summarise({
+      key: [m[key] for m in members]
+      for key in ('accuracy', 'retain_accuracy', 'mia', 'nomus')})
+  out['phi_forget'] = arrays['phi_forget']
+  if 'moved_from_original' in record:
+    out['moved_from_original'] = record['moved_from_original']
+  if request.reference:
+    ref = request.reference
+    out |= forgetting(arrays['phi_forget'], ref['phi_forget'],
+                      request.engine.splits['forget']['identity'])
+    out['final_score'] = epsilon.final_score(
+        out['F'], out['retain_accuracy'], ref['retain_accuracy'],
+        out['accuracy'], ref['accuracy'])
+  return out, arrays
+
+
 class Sweep:
   """The sweep of one run; `run` returns the rows of the chosen
   candidates."""
@@ -197,25 +222,7 @@ class Sweep:
     self.primary = jax.process_index() == 0
 
   def score(self, request: Request, variables, seeds, moved_from) -> dict:
-    """Protocol §6 on the request's splits, F, the attack and the final
-    score against its retrained population."""
-    record, arrays = self.evaluate(variables, engine=request.engine,
-                                   seeds=seeds, original=moved_from)
-    members = record.get('members') or [record]
-    out = intervals.summarise({
-        key: [m[key] for m in members]
-        for key in ('accuracy', 'retain_accuracy', 'mia', 'nomus')})
-    out['phi_forget'] = arrays['phi_forget']
-    if 'moved_from_original' in record:
-      out['moved_from_original'] = record['moved_from_original']
-    if request.reference:
-      ref = request.reference
-      out |= forgetting(arrays['phi_forget'], ref['phi_forget'],
-                        request.engine.splits['forget']['identity'])
-      out['final_score'] = epsilon.final_score(
-          out['F'], out['retain_accuracy'], ref['retain_accuracy'],
-          out['accuracy'], ref['accuracy'])
-    return out
+    return score(self.evaluate, request, variables, seeds, moved_from)[0]
 
   def prepare(self) -> None:
     """Scores each request's retrained population (its own reference)."""

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from unittest import mock
 
+import jax
 import numpy as np
 from absl.testing import absltest
 from PIL import Image
@@ -31,6 +32,16 @@ from mufax import unlearning
 from mufax.data.errors import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def on_one_device(case: absltest.TestCase) -> None:
+  """Runs `case` on one device. With 4 fake CPU devices, XLA's in-process
+  collectives deadlocked once three engines (a sweep's) shared them (open);
+  what these tests check does not depend on the devices."""
+  one = jax.devices()[:1]
+  patcher = mock.patch.object(jax, 'devices', lambda *_, **__: one)
+  patcher.start()
+  case.addCleanup(patcher.stop)
 
 
 def tiny_config(data_dir: str):

@@ -241,13 +241,7 @@ class SelectionIsBlindTest(absltest.TestCase):
 
   def setUp(self):
     super().setUp()
-    # On one device: with 4 fake CPU devices, XLA's in-process collectives
-    # deadlocked here once three engines shared them (open); what is chosen
-    # does not depend on the devices.
-    one = jax.devices()[:1]
-    patcher = mock.patch.object(jax, 'devices', lambda *_, **__: one)
-    patcher.start()
-    self.addCleanup(patcher.stop)
+    experiment_test.on_one_device(self)
 
   def test_honest_choices_ignore_the_answer(self):
     config = experiment_test.tiny_config(self.create_tempdir().full_path)
