@@ -112,6 +112,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.sweep.search = 'random'
   config.sweep.grid_points = 3
   config.sweep.criteria = 'nomus,retrain,peek'
+  # Seeds per candidate: the first S of the population's (0: all).
+  config.sweep.seeds = 0
   # Candidates costing more update steps than this fraction of retraining's
   # are not run (0: no limit).
   config.sweep.max_cost = 0.0

@@ -348,6 +348,7 @@ def plot_requests(state: Mapping, path: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.set_xlabel('request')
     ax.set_xticks(numbers)
-  panels[0].legend(fontsize=7)
+  for ax in panels[:2]:
+    ax.legend(fontsize=7)
   panels[-1].legend(fontsize=7)
   _save(fig, path)

@@ -3,8 +3,9 @@
 
 For each method of `config.sweep.methods`, K candidates (the defaults, then
 seeded draws from the declared search ranges, or a grid) unlearn a rehearsal
-request (`rehearsal`) from the run's originals, S seeds each (the table's
-`config.population.size`). Candidates that differ only in learning rates
+request (`rehearsal`) from the run's originals, S seeds each
+(`config.sweep.seeds`, at most the table's `config.population.size`, whose
+originals they start from). Candidates that differ only in learning rates
 (`hparam(in_optimizer=True)`) are members of one program; the others run
 program by program. Each criterion picks one candidate:
 
@@ -103,6 +104,16 @@ def check_config(config) -> None:
   if not sweep.candidates >= 1 or not sweep.grid_points >= 2:
     raise ValueError('config.sweep.candidates must be at least 1 and '
                      'config.sweep.grid_points at least 2.')
+  if not 0 <= sweep.seeds <= config.population.size:
+    raise ValueError(f'config.sweep.seeds={sweep.seeds}: seeds per candidate, '
+                     'from 1 to config.population.size='
+                     f'{config.population.size} (each unlearns from the '
+                     'original of its seed; 0: all of them).')
+  if (sweep.seeds or config.population.size) < 2 and set(criteria) - {
+      'nomus'}:
+    raise ValueError('config.sweep.criteria: retrain and peek read F, which '
+                     'needs at least 2 seeds per candidate (8 to mean much): '
+                     'raise config.sweep.seeds or config.population.size.')
   if not sweep.max_cost >= 0:
     raise ValueError(f'config.sweep.max_cost={sweep.max_cost}: a fraction of '
                      'retraining\'s update steps, at least 0 (0: no limit).')
@@ -190,7 +201,10 @@ def score(evaluate: Callable, request: Request, variables, seeds,
     out['moved_from_original'] = record['moved_from_original']
   if request.reference:
     ref = request.reference
-    out |= forgetting(arrays['phi_forget'], ref['phi_forget'],
+    # Candidates of fewer seeds than the table's meet as many retrained
+    # models.
+    out |= forgetting(arrays['phi_forget'],
+                      ref['phi_forget'][:len(arrays['phi_forget'])],
                       request.engine.splits['forget']['identity'])
     out['final_score'] = epsilon.final_score(
         out['F'], out['retain_accuracy'], ref['retain_accuracy'],
@@ -218,6 +232,8 @@ class Sweep:
     self.requests = requests  # {'rehearsal': Request, 'real': Request}
     self.folder = os.path.join(workdir, 'sweep')
     self.criteria = criteria_of(config)
+    # Each candidate's seeds: the first S of the run's (all with S = 0).
+    self.seeds = ctx.seeds[:config.sweep.seeds or None]
     # Only process 0 writes; every process runs the programs.
     self.primary = jax.process_index() == 0
 
@@ -278,7 +294,7 @@ class Sweep:
     """What an earlier run of the same candidates left, or a fresh state."""
     fresh = {'candidates': [{'index': k, 'hparams': c}
                             for k, c in enumerate(cands)],
-             'seeds': list(self.ctx.seeds),
+             'seeds': list(self.seeds),
              'settings': self.settings}
     if os.path.exists(path):
       with open(path) as f:
@@ -310,8 +326,12 @@ class Sweep:
 
   def _run_program(self, name, cands, members, request):
     method = unlearning.METHODS[name]
-    seeds = self.ctx.seeds
-    original = self.original().variables
+    seeds = self.seeds
+    # The original of each candidate seed (a shared original, repeated).
+    original = jax.tree.map(
+        lambda x: np.asarray(x)[np.minimum(np.arange(len(seeds)),
+                                           len(x) - 1)],
+        self.original().variables)
     tiled = jax.tree.map(lambda x: np.concatenate(
         [np.asarray(x)] * len(members)), original)
     ctx = dataclasses.replace(

@@ -78,6 +78,7 @@ class ConfigTest(absltest.TestCase):
 
   def config(self, **sweep_values):
     config = experiment_test.tiny_config('unused')
+    config.population.size = 2
     config.sweep.update(sweep_values)
     return config
 
@@ -88,7 +89,9 @@ class ConfigTest(absltest.TestCase):
         ({'methods': 'finetune', 'criteria': 'nomus,best'}, 'criteria'),
         ({'methods': 'finetune', 'criteria': 'peek'}, 'peek alone'),
         ({'methods': 'finetune', 'search': 'bayes'}, 'search'),
-        ({'methods': 'finetune', 'max_cost': -1.0}, 'max_cost')):
+        ({'methods': 'finetune', 'max_cost': -1.0}, 'max_cost'),
+        ({'methods': 'finetune', 'seeds': 3}, 'sweep.seeds=3'),
+        ({'methods': 'finetune', 'seeds': 1}, 'at least 2 seeds')):
       with self.assertRaisesRegex(run_config.ConfigError, named) as e:
         run_config.check_config(self.config(**values))
       self.assertNotIn('\n', str(e.exception))
