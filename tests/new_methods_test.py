@@ -352,8 +352,8 @@ class L1SparseTest(parameterized.TestCase):
     variables = sharding.member(original, 0)
     images, labels = batch(ctx, 'retain')
     inputs = objectives.Inputs({'retain': (images, labels)}, jax.random.key(0),
-                               ctx.task.loss_kind)
-    value, measured = l1_sparse.RetainL1Loss(0.5)(
+                               ctx.task.loss_kind, values={'alpha': 0.5})
+    value, measured = l1_sparse.RetainL1Loss()(
         forward_of(ctx, variables, train=False), inputs, None)
     task = inputs.loss(forward_of(ctx, variables, train=False)(images),
                        labels)

@@ -188,12 +188,13 @@ class NoiseSearchTest(absltest.TestCase):
 
   def test_adam_steps_ascend_the_mse_to_the_forget_logits(self):
     f = Fixture()
-    search = unlearning.METHODS['unsir'].stages(f.ctx)[0].objectives[
-        'impair'].prepare
-    self.assertEqual(search, unsir.NoiseSynthesis(steps=5,
-                                                  learning_rate=0.01))
+    impair = unlearning.METHODS['unsir'].stages(f.ctx)[0]
+    search = impair.objectives['impair'].prepare
+    self.assertEqual(search, unsir.NoiseSynthesis(steps=5))
+    self.assertEqual(impair.values, {'noise_lr': 0.01})
     images = f.forget[0]
-    inputs = f.inputs(forget=f.forget)
+    inputs = dataclasses.replace(f.inputs(forget=f.forget),
+                                 values=impair.values)
     model, variables = f.model, f.teacher
 
     def mse(noise):
@@ -362,8 +363,8 @@ class Recorded(core.SGDMethod):
     measuring, = [s for s in unlearning.METHODS[self.method].stages(ctx)
                   if s.name == self.stage]
 
-    def keep(variables, measurements, rngs):
-      del rngs
+    def keep(variables, measurements, rngs, values):
+      del rngs, values
       self.sums = ut.host(measurements[self.stage])
       return variables
 

@@ -292,7 +292,7 @@ class MethodBehaviourTest(parameterized.TestCase):
     images = jnp.asarray(ctx.data['forget']['image'][:BATCH] / 255.0,
                          jnp.float32)
     inputs = objectives.Inputs({'forget': (images, None)}, jax.random.key(3),
-                               'softmax')
+                               'softmax', values={'noise_lr': 0.01})
     variables = sharding.member(original, 0)
 
     def noise(steps):
