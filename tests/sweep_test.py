@@ -213,7 +213,8 @@ class MembersTest(absltest.TestCase):
   def test_candidates_that_differ_in_values_are_one_program_each_as_alone(
       self):
     # A loss's temperature (with a learning rate beside it), an edit's
-    # alpha and lambda, a gradient mask's fraction.
+    # alpha and lambda, a gradient mask's fraction, an edit's and a mask's
+    # per-layer counts.
     values = {
         'scrub': [{'epochs': 1, 'temperature': 1.0},
                   {'epochs': 1, 'temperature': 6.0},
@@ -221,7 +222,9 @@ class MembersTest(absltest.TestCase):
         'ssd': [{'alpha': 0.5, 'dampening': 1.0},
                 {'alpha': 2.0, 'dampening': 0.3}],
         'salun': [{'epochs': 1, 'mask_ratio': 0.2},
-                  {'epochs': 1, 'mask_ratio': 0.9}]}
+                  {'epochs': 1, 'mask_ratio': 0.9}],
+        'msg': [{'epochs': 1, 'init_rate': 0.1},
+                {'epochs': 1, 'init_rate': 0.6, 'kept_gradient_scale': 0.5}]}
     for method, cands in values.items():
       self.assert_members_equal_candidates_alone(method, cands)
 

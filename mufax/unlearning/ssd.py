@@ -86,13 +86,13 @@ def dampen(params, forget_importance, train_importance, *, alpha, dampening):
   axis."""
 
   def one(p, f, t):
-    leading = lambda v: jnp.reshape(v, jnp.shape(v) + (1,) * (
+    # A member's value against each of its elements.
+    spread = lambda v: jnp.reshape(v, jnp.shape(v) + (1,) * (
         p.ndim - jnp.ndim(v)))
-    alpha_, dampening_ = leading(alpha), leading(dampening)
-    selected = f > alpha_ * t
+    selected = f > spread(alpha) * t
     # Off the selection the ratio may be 0/0; `where` drops it.
-    factor = jnp.minimum((dampening_ * t) / jnp.where(selected, f, 1.0),
-                         1.0)
+    factor = jnp.minimum(
+        (spread(dampening) * t) / jnp.where(selected, f, 1.0), 1.0)
     return jnp.where(selected, p * factor.astype(p.dtype), p)
 
   return jax.tree.map(one, params, forget_importance, train_importance)
