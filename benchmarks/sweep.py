@@ -1,11 +1,11 @@
 r"""A sweep's candidates in one program against the same candidates run one by
 one (docs/protocol.md §9).
 
-K candidates of one method that differ only in their learning rate (drawn
-log-uniformly from its search range, seeded) unlearn from one original: once
-as K members of one population program (`Context.member_hparams`, the
-learning rates in the optimizer state), once as K single-model runs one
-after another, in one process. Both are timed from the call to the method's
+K candidates of one method that differ only in one `per_member` field (the
+first by name with a search range: finetune's learning rate; drawn from its
+range, seeded) unlearn from one original: once as K members of one
+population program (`Context.member_hparams`), once as K single-model runs
+one after another, in one process. Both are timed from the call to the method's
 `run` to its last row, each arm with an engine of its own and its
 compilation included, as a sweep pays it; the ratio
 is sequential seconds / one-program seconds (above 1: the shared program is
@@ -68,8 +68,9 @@ def main(argv):
                           num_filters=_NUM_FILTERS.value)
   data = {'forget': _data(_FORGET.value, 1), 'retain': _data(_RETAIN.value, 2)}
   method = unlearning.METHODS[_METHOD.value]
-  field = sorted(unlearning.optimizer_fields(method.Hparams))[0]
-  space = unlearning.search_spaces_of(method.Hparams)[field]
+  spaces = unlearning.search_spaces_of(method.Hparams)
+  field = sorted(unlearning.member_fields(method.Hparams) & set(spaces))[0]
+  space = spaces[field]
   rates = space.sample(np.random.default_rng(0), _CANDIDATES.value)
   original = jax.tree.map(lambda x: np.asarray(x)[None],
                           models.init_variables(model, jax.random.key(SEED),

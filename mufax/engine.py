@@ -272,6 +272,7 @@ class Engine:
   def run(self, plan: plans.Plan, updates: Mapping[str, objectives.Update],
           state: TrainState, rngs: jax.Array, *,
           sources: Mapping[str, str] | None = None, teachers=None,
+          values: Mapping[str, np.ndarray] | None = None,
           label: str = '') -> tuple[TrainState, RunResult]:
     """Runs every step of `plan` on the population `state`.
 
@@ -280,7 +281,8 @@ class Engine:
     one key per member; step s of member m draws from
     `fold_in(rngs[m], state.step[m])`, so a resumed run draws as an
     uninterrupted one. `teachers` ({name: a population's variables}, or None)
-    are passed to objectives, in eval mode.
+    are passed to objectives, in eval mode; `values` ({name: one float per
+    member}, or None) too, each member's as scalars (`Inputs.value`).
 
     Members are independent: a population run in groups (`member_groups`)
     gives what it gives run at once, within float32 rounding.
@@ -289,7 +291,7 @@ class Engine:
     groups = self.member_groups(population)
     if len(groups) == 1:
       return self._run(plan, updates, state, rngs, sources=sources,
-                       teachers=teachers, label=label)
+                       teachers=teachers, values=values, label=label)
     states, results = [], []
     for first, stop in groups:
       # A one-member tree (a shared original) serves every group whole.
@@ -306,6 +308,7 @@ class Engine:
           plan.members(first, stop), updates, part(state), part(rngs),
           sources=sources,
           teachers=teachers and {n: part(t) for n, t in teachers.items()},
+          values=values and {n: v[first:stop] for n, v in values.items()},
           label=name, members_in_all=population, resident_bytes=others)
       states.append(state_part)
       results.append(result)
@@ -323,7 +326,7 @@ class Engine:
   def _run(self, plan: plans.Plan, updates: Mapping[str, objectives.Update],
            state: TrainState, rngs: jax.Array, *,
            sources: Mapping[str, str] | None = None, teachers=None,
-           label: str = '', members_in_all: int | None = None,
+           values=None, label: str = '', members_in_all: int | None = None,
            resident_bytes: int = 0) -> tuple[TrainState, RunResult]:
     population = sharding.members(state)
     mesh = self.mesh(population)
@@ -333,6 +336,9 @@ class Engine:
         lambda role: self.offsets[(sources or {}).get(role, role)],
         host=self.executor == executors.HOST)
     rngs = sharding.put(rngs, sharding.member_sharding(mesh))
+    values = sharding.put({name: np.asarray(v, np.float32)
+                           for name, v in (values or {}).items()},
+                          sharding.member_sharding(mesh))
     if teachers is not None:
       teachers = {name: self.put_members(t, population)
                   for name, t in teachers.items()}
@@ -351,13 +357,13 @@ class Engine:
       if group not in outputs:
         outputs[group] = [] if self.executor == executors.HOST else (
             self._measurement_buffers(update, mesh, state, data,
-                                      arrays[group], rngs, teachers))
+                                      arrays[group], rngs, teachers, values))
       i = first
       while i < stop:
         count = self._span(group, stop - i)
         state, outputs[group], step_flops, began = self._run_steps(
             update, mesh, i, count, state, data, arrays[group], rngs,
-            teachers, outputs[group], memory)
+            teachers, values, outputs[group], memory)
         jax.block_until_ready(state.step)
         seconds = time.perf_counter() - began
         self._step_seconds[group] = seconds / count
@@ -372,12 +378,12 @@ class Engine:
         compile_seconds=compile_seconds, flops=flops)
 
   def _measurement_buffers(self, update, mesh, state, data, arrays, rngs,
-                           teachers):
+                           teachers, values):
     """Zeros [steps, members, ...] for each measurement that the compiled
     loop over a group's steps writes."""
     shapes = jax.eval_shape(
         self.programs.population_step(update, mesh), state, data,
-        {n: a[0] for n, a in arrays.items()}, rngs, teachers)[1]
+        {n: a[0] for n, a in arrays.items()}, rngs, teachers, values)[1]
     length = next(iter(arrays.values())).shape[0]
     return jax.device_put(
         jax.tree.map(lambda s: np.zeros((length,) + s.shape, s.dtype),
@@ -385,7 +391,7 @@ class Engine:
         NamedSharding(mesh, P(None, sharding.MODEL_AXIS)))
 
   def _run_steps(self, update, mesh, first, count, state, data, arrays, rngs,
-                 teachers, outputs, memory):
+                 teachers, values, outputs, memory):
     """Runs steps first..first+count-1 of a group. Returns (state, outputs,
     flops of one step, when the steps began running after compiling)."""
     if self.executor == executors.HOST:
@@ -393,15 +399,15 @@ class Engine:
           self.compiler, self.programs.batch(mesh, update.augment),
           self.programs.host_update(update, mesh), mesh,
           range(first, first + count), state, data, arrays, rngs, teachers,
-          outputs, **memory)
+          values, outputs, **memory)
       return state, outputs, step_flops, began
     bounds = (np.int32(first), np.int32(first + count))
     compiled = self.compiler(self.programs.update_loop(update, mesh), state,
-                             outputs, data, arrays, rngs, teachers, *bounds,
-                             **memory)
+                             outputs, data, arrays, rngs, teachers, values,
+                             *bounds, **memory)
     began = time.perf_counter()
     state, outputs = compiled.call(state, outputs, data, arrays, rngs,
-                                   teachers, *bounds)
+                                   teachers, values, *bounds)
     return state, outputs, compiled.flops, began
 
   def _span(self, group, remaining: int) -> int:

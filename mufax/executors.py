@@ -68,8 +68,8 @@ def upload_plan(plan: plans.Plan, updates: Mapping[str, objectives.Update],
 
 
 def dispatch_steps(compiler: compilation.Compiler, batch_program, program,
-                   mesh, steps, state, data, arrays, rngs, teachers, outputs,
-                   **memory):
+                   mesh, steps, state, data, arrays, rngs, teachers, values,
+                   outputs, **memory):
   """Queues `steps` of a group on CPU: per step, a batch program for each
   batch and the update program, whose measurements go to `outputs`.
   Dispatches are asynchronous: the host only queues them. Returns (state,
@@ -87,10 +87,11 @@ def dispatch_steps(compiler: compilation.Compiler, batch_program, program,
     batches = {name: compiled.call(*args) for (name, _), compiled, args
                in zip(named, make_batch, batch_args)}
     if update is None:
-      update = compiler(program, state, batches, rngs, teachers, **memory)
+      update = compiler(program, state, batches, rngs, teachers, values,
+                        **memory)
       began = time.perf_counter()
-    state, values = update.call(state, batches, rngs, teachers)
-    outputs.append(values)
+    state, step_measured = update.call(state, batches, rngs, teachers, values)
+    outputs.append(step_measured)
   return state, began, update.flops + sum(c.flops for c in make_batch)
 
 

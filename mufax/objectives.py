@@ -105,6 +105,16 @@ class Inputs:
   # objectives that change over a stage (an ℓ1 weight that decays).
   step: jax.Array | int = 0
   masks: Mapping[str, jax.Array] = dataclasses.field(default_factory=dict)
+  # The member's values of its stage (`Stage.values`), each a scalar: members
+  # of one program may differ in them.
+  values: Mapping[str, jax.Array] = dataclasses.field(default_factory=dict)
+
+  def value(self, name: str) -> jax.Array:
+    """The member's value `name` of its stage (`Stage.values`)."""
+    if name not in self.values:
+      raise KeyError(f'Inputs.value({name!r}): the stage gives no such value '
+                     f'(it gives {", ".join(sorted(self.values)) or "none"}).')
+    return self.values[name]
 
   def teacher(self, images: jax.Array, name: str = 'original') -> jax.Array:
     """The logits of teacher `name` on `images`."""

@@ -72,18 +72,20 @@ class Programs:
     return self._cached(('batch', mesh.devices.shape, augment), build)
 
   def member_update(self, update: objectives.Update) -> Callable:
-    """`(state, batches, step key, teachers) -> (state, measurements)`: one
-    member's update on {name: (images, labels, mask)}."""
+    """`(state, batches, step key, teachers, values) -> (state,
+    measurements)`: one member's update on {name: (images, labels, mask)},
+    its objective reading the member's `values` ({name: scalar})."""
     model, loss_kind = self.model, self.loss_kind
 
-    def member_update(state, batches, rng, teachers):
+    def member_update(state, batches, rng, teachers, values):
       inputs = objectives.Inputs(
           {name: b[:2] for name, b in batches.items()},
           jax.random.fold_in(rng, len(batches)), loss_kind,
           {name: objectives.Forward(model, v['params'], v['batch_stats'],
                                     train=False)
            for name, v in (teachers or {}).items()},
-          step=state.step, masks={name: b[2] for name, b in batches.items()})
+          step=state.step, masks={name: b[2] for name, b in batches.items()},
+          values=values or {})
       forward = objectives.Forward(model, state.params, state.batch_stats,
                                    train=update.bn_train)
       objective = update.objective
@@ -111,7 +113,8 @@ class Programs:
 
   def population_step(self, update: objectives.Update, mesh: Mesh) -> Callable:
     """The jitted step of a population, batches gathered inside: `(state,
-    data, indices, rngs, teachers) -> (state, measurements)`. Jitted so that
+    data, indices, rngs, teachers, values) -> (state, measurements)`.
+    Jitted so that
     its trace is cached: a run traces it for the shapes of the
     measurements, and the compiled loop then reuses that trace."""
 
@@ -119,24 +122,24 @@ class Programs:
       member_batch = self.member_batch(mesh, update.augment)
       member_update = self.member_update(update)
 
-      def member_step(state, data, indices, rng, teachers):
+      def member_step(state, data, indices, rng, teachers, values):
         rng = jax.random.fold_in(rng, state.step)
         batches = {name: member_batch(data, indices[name], rng, i)
                    for i, name in enumerate(sorted(indices))}
-        return member_update(state, batches, rng, teachers)
+        return member_update(state, batches, rng, teachers, values)
 
       return jax.jit(jax.vmap(
-          member_step, in_axes=(0, None, 0, 0, 0),
+          member_step, in_axes=(0, None, 0, 0, 0, 0),
           spmd_axis_name=sharding.MODEL_AXIS))
 
     return self._cached(('population step', update, mesh.devices.shape),
                         build)
 
   def host_update(self, update: objectives.Update, mesh: Mesh) -> Callable:
-    """The `host` executor's update, `(state, batches, rngs, teachers) ->
-    (state, measurements)` with the state donated, on batches that `batch`
-    made: XLA's CPU backend takes about a second to compile the
-    augmentation into each program, so updates that differ only in
+    """The `host` executor's update, `(state, batches, rngs, teachers,
+    values) -> (state, measurements)` with the state donated, on batches
+    that `batch` made: XLA's CPU backend takes about a second to compile
+    the augmentation into each program, so updates that differ only in
     augmentation share one."""
     return self._cached(
         ('update', dataclasses.replace(update, augment=False),
@@ -145,7 +148,8 @@ class Programs:
 
   def update_loop(self, update: objectives.Update, mesh: Mesh) -> Callable:
     """The `loop` executor's jitted loop `(state, measured, data, group
-    arrays, rngs, teachers, start, stop) -> (state, measured)` over steps
+    arrays, rngs, teachers, values, start, stop) -> (state, measured)` over
+    steps
     start..stop of a group, batches gathered inside."""
     return self._cached(('loop', update, mesh.devices.shape),
                         lambda: self._update_loop(update, mesh))
@@ -153,8 +157,9 @@ class Programs:
   def _host_update(self, update: objectives.Update, mesh: Mesh) -> Callable:
     member_update = self.member_update(update)
     return jax.jit(
-        jax.vmap(lambda state, batches, rng, teachers: member_update(
-            state, batches, jax.random.fold_in(rng, state.step), teachers),
+        jax.vmap(lambda state, batches, rng, teachers, values: member_update(
+            state, batches, jax.random.fold_in(rng, state.step), teachers,
+            values),
                  spmd_axis_name=sharding.MODEL_AXIS),
         donate_argnums=(0,),
         out_shardings=(sharding.member_sharding(mesh),
@@ -163,17 +168,20 @@ class Programs:
   def _update_loop(self, update: objectives.Update, mesh: Mesh) -> Callable:
     population_step = self.population_step(update, mesh)
 
-    def body(i, carry, data, arrays, rngs, teachers):
+    def body(i, carry, data, arrays, rngs, teachers, values):
       state, measured = carry
       indices = {name: a[i] for name, a in arrays.items()}
-      state, values = population_step(state, data, indices, rngs, teachers)
+      state, step_measured = population_step(state, data, indices, rngs,
+                                             teachers, values)
       return state, jax.tree.map(lambda buf, v: buf.at[i].set(v),
-                                 measured, values)
+                                 measured, step_measured)
 
-    def run(state, measured, data, arrays, rngs, teachers, start, stop):
+    def run(state, measured, data, arrays, rngs, teachers, values, start,
+            stop):
       return jax.lax.fori_loop(
           start, stop,
-          lambda i, carry: body(i, carry, data, arrays, rngs, teachers),
+          lambda i, carry: body(i, carry, data, arrays, rngs, teachers,
+                                values),
           (state, measured))
 
     return jax.jit(run, donate_argnums=(0, 1),

@@ -140,11 +140,11 @@ def grid(spaces: dict[str, SearchSpace],
 _DEEPUNLEARN = ('DeepUnlearn (Cadet, Gayet et al. 2024), '
                 'github.com/xcadet/deepunlearn')
 # Learning rates reach the model only through the optimizer state
-# (`hparam(in_optimizer=True)`).
+# (`hparam(per_member=True)`).
 LEARNING_RATES = {'search': LogUniform(1e-5, 1e-1),
                   'search_source': _DEEPUNLEARN + ', munl/settings.py '
                                    '(learning_rate: log-uniform 1e-5..1e-1)',
-                  'in_optimizer': True}
+                  'per_member': True}
 # Its epochs run 1 .. ceil(0.2 x the original's epochs): 10 on its 50-epoch
 # face set (MUFAC's 30 epochs would give 6); 10 holds every paper default.
 EPOCHS = {'search': IntRange(1, 10),

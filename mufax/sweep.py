@@ -5,9 +5,13 @@ For each method of `config.sweep.methods`, K candidates (the defaults, then
 seeded draws from the declared search ranges, or a grid) unlearn a rehearsal
 request (`rehearsal`) from the run's originals, S seeds each
 (`config.sweep.seeds`, at most the table's `config.population.size`, whose
-originals they start from). Candidates that differ only in learning rates
-(`hparam(in_optimizer=True)`) are members of one program; the others run
-program by program. Each criterion picks one candidate:
+originals they start from). Candidates that differ only in fields declared
+`hparam(per_member=True)` (learning rates, which live in the optimizer
+state, and values such as loss weights, temperatures or SSD's alpha and
+lambda, which each member's stages carry in `Stage.values`) are members of
+one program; those that differ in a field that shapes the program (epochs,
+batch sizes, step counts, CF-k's trainable groups) run program by program.
+Each criterion picks one candidate:
 
   nomus    NoMUS on the validation halves (no retraining needed);
   retrain  F × retain and test accuracy relative to retraining (the
@@ -142,9 +146,9 @@ def candidates(name: str, config) -> list[dict[str, Any]]:
 
 def programs(name: str, cands: list[dict]) -> list[list[int]]:
   """Candidates grouped into programs: those whose values agree except in
-  `in_optimizer` fields share one."""
+  `per_member` fields share one."""
   hparams_class = unlearning.METHODS[name].Hparams
-  apart = unlearning.optimizer_fields(hparams_class)
+  apart = unlearning.member_fields(hparams_class)
   groups: dict[str, list[int]] = {}
   for k, cand in enumerate(cands):
     values = dataclasses.asdict(hparams_class.from_overrides(cand))

@@ -53,6 +53,12 @@ def fake_measurements(params, seed):
           'forget_gradients': jax.tree.map(draw, params)}
 
 
+def msg_values(members):
+  """MSG's `Stage.values` for a population of `members` (the hooks')."""
+  return {'init_rate': np.full(members, FRACTION),
+          'kept_gradient_scale': np.full(members, 0.1)}
+
+
 def smallest(values, fraction):
   """Mask of the round(fraction * size) smallest entries."""
   flat = values.reshape(-1)
@@ -89,8 +95,7 @@ class MSGTest(parameterized.TestCase):
   def test_mask_keeps_the_smallest_retain_minus_forget_gradients(self):
     population = tiny_population(2, seed=0)
     fake = fake_measurements(population['params'], seed=0)
-    scales = member0(msg.gradient_scales(None, fake, None, fraction=FRACTION,
-                                         damping=0.1))
+    scales = member0(msg.gradient_scales(None, fake, None, msg_values(2)))
     retain = conv_kernels(member0(fake['retain_gradients']))
     forget = conv_kernels(member0(fake['forget_gradients']))
     kernels = conv_kernels(scales)
@@ -119,12 +124,11 @@ class MSGTest(parameterized.TestCase):
     # Both members' gradients alike: they re-draw the same elements.
     fake = jax.tree.map(lambda x: np.stack([x[0], x[0]]), fake)
     rngs = jax.vmap(jax.random.key)(np.arange(2))
-    edited = ut.host(edit(population, fake, rngs))
-    again = ut.host(edit(population, fake, rngs))
+    edited = ut.host(edit(population, fake, rngs, msg_values(2)))
+    again = ut.host(edit(population, fake, rngs, msg_values(2)))
     jax.tree.map(np.testing.assert_array_equal, edited, again)
     start = ut.host(population)
-    scales = msg.gradient_scales(None, fake, None, fraction=FRACTION,
-                                 damping=0.1)
+    scales = msg.gradient_scales(None, fake, None, msg_values(2))
     for k in range(2):
       new = conv_kernels(sharding.member(edited['params'], k))
       old = conv_kernels(sharding.member(start['params'], k))
@@ -205,11 +209,12 @@ class MSGTest(parameterized.TestCase):
     first = unlearning.METHODS['msg'].stages(ctx)[2]
     fake = fake_measurements(original['params'], seed=2)
     edited = first.edit(original, fake, jax.vmap(jax.random.key)(
-        np.arange(1)))
+        np.arange(1)), msg_values(1))
     step = dict(plan=first.plan[:1], edit=None)
     scaled = dataclasses.replace(
         first, row='scaled', **step,
-        gradient_scale=lambda v, m, r: first.gradient_scale(v, fake, r))
+        gradient_scale=lambda v, m, r, values: first.gradient_scale(
+            v, fake, r, values))
     plain = dataclasses.replace(first, row='plain', optimizer='sgd',
                                 gradient_scale=None, **step)
     after = {s.row: member0(ut.host(next(_Stages([s]).run(ctx, edited))

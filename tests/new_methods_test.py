@@ -117,7 +117,7 @@ class PlanTest(parameterized.TestCase):
     batch = (jnp.zeros((2, 4, 4, 3)), jnp.zeros((2,), jnp.int32))
     for step in (0, 33, 34, 100, 339):
       inputs = objectives.Inputs({'retain': batch}, jax.random.key(0),
-                                 'softmax', step=step)
+                                 'softmax', step=step, values=stage.values)
       _, measured = loss(Forward(), inputs, None)
       self.assertAlmostEqual(float(measured['alpha']),
                              1e-4 * (1 - (step // 34) / 10), places=10)
@@ -253,7 +253,7 @@ class BadTeachingTest(parameterized.TestCase):
     batches = {'forget': batch(ctx, 'forget', 5),
                'retain': batch(ctx, 'retain', 3)}
     inputs = objectives.Inputs(batches, jax.random.key(0), ctx.task.loss_kind,
-                               teachers)
+                               teachers, values=stage.values)
     student = forward_of(ctx, sharding.member(original, 0), train=True)
     prepared = objective.prepare(student, inputs)
     value, measured = objective.loss(student, inputs, prepared)
@@ -352,8 +352,8 @@ class L1SparseTest(parameterized.TestCase):
     variables = sharding.member(original, 0)
     images, labels = batch(ctx, 'retain')
     inputs = objectives.Inputs({'retain': (images, labels)}, jax.random.key(0),
-                               ctx.task.loss_kind)
-    value, measured = l1_sparse.RetainL1Loss(0.5)(
+                               ctx.task.loss_kind, values={'alpha': 0.5})
+    value, measured = l1_sparse.RetainL1Loss()(
         forward_of(ctx, variables, train=False), inputs, None)
     task = inputs.loss(forward_of(ctx, variables, train=False)(images),
                        labels)

@@ -86,10 +86,12 @@ class Fixture:
   def forward(self, variables, *, train):
     return nmt.forward_of(self.ctx, variables, train=train)
 
-  def inputs(self, **batches):
+  def inputs(self, stage=None, **batches):
+    """The step's inputs, with `stage`'s values (if given)."""
     return objectives.Inputs(
         batches, jax.random.key(3), 'softmax',
-        {'original': self.forward(self.teacher, train=False)})
+        {'original': self.forward(self.teacher, train=False)},
+        values=stage.values if stage else {})
 
   def logits(self, variables, images, *, train):
     return logits_of(self.model, variables, images, train=train)
@@ -130,10 +132,10 @@ class ObjectiveValueTest(parameterized.TestCase):
 
   def test_scrub_retain_pass_is_task_loss_plus_distillation(self):
     f = self.f
-    objective = unlearning.METHODS['scrub'].stages(f.ctx)[0].objectives[
-        'retain']
-    value, measured = call(objective, f.forward(f.student, train=True),
-                           f.inputs(retain=f.retain))
+    stage = unlearning.METHODS['scrub'].stages(f.ctx)[0]
+    value, measured = call(stage.objectives['retain'],
+                           f.forward(f.student, train=True),
+                           f.inputs(stage, retain=f.retain))
     student = f.logits(f.student, f.retain[0], train=True)
     teacher = f.logits(f.teacher, f.retain[0], train=False)
     task, kl = cross_entropy(student, f.retain[1]), distillation_kl(teacher,
@@ -148,10 +150,10 @@ class ObjectiveValueTest(parameterized.TestCase):
 
   def test_scrub_forget_pass_is_minus_the_distillation(self):
     f = self.f
-    objective = unlearning.METHODS['scrub'].stages(f.ctx)[0].objectives[
-        'forget']
-    value, measured = call(objective, f.forward(f.student, train=True),
-                           f.inputs(forget=f.forget))
+    stage = unlearning.METHODS['scrub'].stages(f.ctx)[0]
+    value, measured = call(stage.objectives['forget'],
+                           f.forward(f.student, train=True),
+                           f.inputs(stage, forget=f.forget))
     kl = distillation_kl(f.logits(f.teacher, f.forget[0], train=False),
                          f.logits(f.student, f.forget[0], train=True))
     self.assertGreater(kl, 0.1)
@@ -188,12 +190,12 @@ class NoiseSearchTest(absltest.TestCase):
 
   def test_adam_steps_ascend_the_mse_to_the_forget_logits(self):
     f = Fixture()
-    search = unlearning.METHODS['unsir'].stages(f.ctx)[0].objectives[
-        'impair'].prepare
-    self.assertEqual(search, unsir.NoiseSynthesis(steps=5,
-                                                  learning_rate=0.01))
+    impair = unlearning.METHODS['unsir'].stages(f.ctx)[0]
+    search = impair.objectives['impair'].prepare
+    self.assertEqual(search, unsir.NoiseSynthesis(steps=5))
+    self.assertEqual(impair.values, {'noise_lr': 0.01})
     images = f.forget[0]
-    inputs = f.inputs(forget=f.forget)
+    inputs = f.inputs(impair, forget=f.forget)
     model, variables = f.model, f.teacher
 
     def mse(noise):
@@ -362,8 +364,8 @@ class Recorded(core.SGDMethod):
     measuring, = [s for s in unlearning.METHODS[self.method].stages(ctx)
                   if s.name == self.stage]
 
-    def keep(variables, measurements, rngs):
-      del rngs
+    def keep(variables, measurements, rngs, values):
+      del rngs, values
       self.sums = ut.host(measurements[self.stage])
       return variables
 

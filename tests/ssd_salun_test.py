@@ -27,10 +27,10 @@ class RecordingSSD(ssd.SSD):
     stages = super().stages(ctx)
     *measures, dampening = stages
 
-    def edit(variables, measurements, rngs):
+    def edit(variables, measurements, rngs, values):
       self.seen = ({s.name: len(s.plan) for s in measures},
                    ut.host(measurements))
-      return dampening.edit(variables, measurements, rngs)
+      return dampening.edit(variables, measurements, rngs, values)
 
     return measures + [dataclasses.replace(dampening, edit=edit)]
 
@@ -42,8 +42,8 @@ class RecordingSalUn(salun.SalUn):
   def stages(self, ctx):
     saliency, unlearn = super().stages(ctx)
 
-    def gradient_scale(variables, measurements, rngs):
-      mask = unlearn.gradient_scale(variables, measurements, rngs)
+    def gradient_scale(variables, measurements, rngs, values):
+      mask = unlearn.gradient_scale(variables, measurements, rngs, values)
       self.seen = (ut.host(measurements[salun.SALIENCY]), ut.host(mask))
       return mask
 
@@ -136,7 +136,7 @@ class SalUnTest(parameterized.TestCase):
     rng = np.random.default_rng(0)
     grads = {'a': rng.normal(size=(7, 5)).astype(np.float32),
              'b': {'c': rng.normal(size=(13,)).astype(np.float32)}}
-    mask = salun.saliency_mask(grads, ratio)
+    mask = salun.saliency_mask(grads, salun.mask_size(7 * 5 + 13, ratio))
     flat_mask = np.concatenate([m.ravel() for m in leaves(mask)])
     flat = np.abs(np.concatenate([g.ravel() for g in leaves(grads)]))
     self.assertEqual(flat_mask.sum(), int(flat.size * ratio))
@@ -147,7 +147,8 @@ class SalUnTest(parameterized.TestCase):
 
   def test_mask_density_is_exact_under_ties(self):
     mask = salun.saliency_mask({'a': np.ones((10, 3), np.float32),
-                                'b': np.zeros((5,), np.float32)}, 0.5)
+                                'b': np.zeros((5,), np.float32)},
+                               salun.mask_size(35, 0.5))
     self.assertEqual(sum(m.sum() for m in leaves(mask)), 17)
     # The 17 largest: all 30 ones tie, the zeros never win.
     self.assertEqual(np.asarray(mask['b']).sum(), 0)

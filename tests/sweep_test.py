@@ -133,8 +133,27 @@ class ConfigTest(absltest.TestCase):
     self.assertEqual(sweep.programs('finetune', [
         {'lr': 0.001}, {'lr': 0.01, 'epochs': 3}, {}, {'lr': 0.5}]),
                      [[0, 2, 3], [1]])
+
+  def test_candidates_that_differ_in_values_alone_share_a_program(self):
     self.assertEqual(sweep.programs('scrub', [
-        {'lr': 0.001}, {'lr': 0.01, 'temperature': 2.0}]), [[0], [1]])
+        {'lr': 0.001}, {'lr': 0.01, 'temperature': 2.0},
+        {'temperature': 2.0, 'epochs': 3}, {'temperature': 7.5}]),
+                     [[0, 1, 3], [2]])
+    self.assertEqual(sweep.programs('ssd', [
+        {'alpha': 1.0}, {'alpha': 3.0, 'dampening': 0.5},
+        {'batch_size': 32}]), [[0, 1], [2]])
+    # The retain fraction decides the plan's steps; the temperature only
+    # the loss.
+    self.assertEqual(sweep.programs('bad_teaching', [
+        {'temperature': 2.0}, {'temperature': 3.0, 'lr': 1e-3},
+        {'retain_fraction': 0.5}]), [[0, 1], [2]])
+    # UNSIR's noise steps and CF-k's trainable groups shape the program;
+    # the noise's learning rate does not.
+    self.assertEqual(sweep.programs('unsir', [
+        {'noise_steps': 4}, {'noise_steps': 8},
+        {'noise_steps': 4, 'noise_lr': 0.1}]), [[0, 2], [1]])
+    self.assertEqual(sweep.programs('cf_k', [{'k': 2}, {'k': 3}]),
+                     [[0], [1]])
 
   def test_peek_moves_with_the_answer_and_honest_criteria_never_read_it(
       self):
@@ -155,36 +174,62 @@ class ConfigTest(absltest.TestCase):
 
 class MembersTest(absltest.TestCase):
 
+  def assert_members_equal_candidates_alone(self, method, cands,
+                                            seeds=(42, 43)):
+    """Runs candidates `cands` (overrides) of `method` as one program of S =
+    len(seeds) members each, and each candidate alone: member i * S + k of
+    the program equals seed k of candidate i alone within 1e-5. On one
+    device: SalUn's mask, a threshold, turns the rounding of other layouts
+    into flipped elements (unlearning_test compares layouts)."""
+    self.assertEqual(sweep.programs(method, cands), [list(range(len(cands)))])
+    ctx, original = unlearning_test.tiny_context(jax.devices()[:1],
+                                                 seeds=seeds)
+    tiled = jax.tree.map(
+        lambda x: np.concatenate([np.asarray(x)] * len(cands)), original)
+    group = dataclasses.replace(
+        ctx, seeds=seeds * len(cands), member_hparams=tuple(
+            ctx.hparams | cand for cand in cands for _ in seeds))
+    *_, together = unlearning.METHODS[method].run(group, tiled)
+    for i, cand in enumerate(cands):
+      alone_ctx = dataclasses.replace(ctx, hparams=ctx.hparams | cand)
+      *_, alone = unlearning.METHODS[method].run(alone_ctx, original)
+      for k in range(len(seeds)):
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+            sharding.member(alone.variables, k),
+            sharding.member(together.variables, i * len(seeds) + k))
+    # The candidates did move apart.
+    params = jax.tree.leaves(together.variables['params'])
+    for i in range(1, len(cands)):
+      self.assertGreater(max(
+          np.abs(np.asarray(x[0]) - np.asarray(x[i * len(seeds)])).max()
+          for x in params), 1e-4, (method, cands[i]))
+
   def test_a_candidate_member_equals_the_candidate_alone(self):
-    seeds = (42, 43)
-    # One optimizer of each kind: SGD, masked SGD, Adam. On one device:
-    # SalUn's mask, a threshold, turns the rounding of other layouts into
-    # flipped elements (unlearning_test compares layouts).
+    # One optimizer of each kind: SGD, masked SGD, Adam.
     rates = {'finetune': (0.01, 0.05), 'salun': (0.01, 0.05),
              'bad_teaching': (1e-4, 1e-3)}
-    for method, (low, high) in rates.items():
-      ctx, original = unlearning_test.tiny_context(jax.devices()[:1],
-                                                   seeds=seeds)
-      tiled = jax.tree.map(lambda x: np.concatenate([np.asarray(x)] * 2),
-                           original)
-      group = dataclasses.replace(
-          ctx, seeds=seeds * 2, member_hparams=tuple(
-              {'batch_size': unlearning_test.BATCH, 'lr': lr}
-              for lr in (low, high) for _ in seeds))
-      *_, together = unlearning.METHODS[method].run(group, tiled)
-      for i, lr in enumerate((low, high)):
-        alone_ctx = dataclasses.replace(ctx, hparams=ctx.hparams | {'lr': lr})
-        *_, alone = unlearning.METHODS[method].run(alone_ctx, original)
-        for k in range(len(seeds)):
-          jax.tree.map(
-              lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
-              sharding.member(alone.variables, k),
-              sharding.member(together.variables, i * len(seeds) + k))
-      # The two candidates did move apart.
-      self.assertGreater(np.abs(
-          np.asarray(jax.tree.leaves(together.variables['params'])[0][0])
-          - np.asarray(jax.tree.leaves(together.variables['params'])[0][2])
-      ).max(), 1e-4, method)
+    for method, lrs in rates.items():
+      self.assert_members_equal_candidates_alone(
+          method, [{'lr': lr} for lr in lrs])
+
+  def test_candidates_that_differ_in_values_are_one_program_each_as_alone(
+      self):
+    # A loss's temperature (with a learning rate beside it), an edit's
+    # alpha and lambda, a gradient mask's fraction, an edit's and a mask's
+    # per-layer counts.
+    values = {
+        'scrub': [{'epochs': 1, 'temperature': 1.0},
+                  {'epochs': 1, 'temperature': 6.0},
+                  {'epochs': 1, 'temperature': 2.5, 'lr': 0.01}],
+        'ssd': [{'alpha': 0.5, 'dampening': 1.0},
+                {'alpha': 2.0, 'dampening': 0.3}],
+        'salun': [{'epochs': 1, 'mask_ratio': 0.2},
+                  {'epochs': 1, 'mask_ratio': 0.9}],
+        'msg': [{'epochs': 1, 'init_rate': 0.1},
+                {'epochs': 1, 'init_rate': 0.6, 'kept_gradient_scale': 0.5}]}
+    for method, cands in values.items():
+      self.assert_members_equal_candidates_alone(method, cands)
 
   def test_members_that_differ_beyond_learning_rates_are_refused(self):
     ctx, original = unlearning_test.tiny_context(seeds=(42, 43))

@@ -173,7 +173,7 @@ class PopulationTest(absltest.TestCase):
       idx = indices['train'][0]
       batch = {'image': data['image'][idx], 'label': data['label'][idx]}
       state, _ = step(state, batch, {'train': np.arange(len(idx))[None]},
-                      rngs, None)
+                      rngs, None, None)
     assert_trees_close(self, resident.variables, state.variables, 1e-6)
 
 

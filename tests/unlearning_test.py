@@ -229,7 +229,8 @@ class MethodBehaviourTest(parameterized.TestCase):
     teacher = objectives.Forward(ctx.engine.model, variables['params'],
                                  variables['batch_stats'], train=False)
     inputs = objectives.Inputs({'retain': (images, labels)}, jax.random.key(0),
-                               'softmax', {'original': teacher})
+                               'softmax', {'original': teacher},
+                               values=stage.values)
     student = objectives.Forward(ctx.engine.model, variables['params'],
                                  variables['batch_stats'], train=True)
     prepared = distillation.prepare(student, inputs)
@@ -257,8 +258,8 @@ class MethodBehaviourTest(parameterized.TestCase):
     `paper` (the reference's), per-attribute Bernoulli under `clean`."""
     ctx, original = tiny_context(dataset='mucac/multilabel',
                                  protocol=protocol, epochs=1)
-    distillation = unlearning.METHODS['scrub'].stages(ctx)[0].objectives[
-        'retain']
+    stage = unlearning.METHODS['scrub'].stages(ctx)[0]
+    distillation = stage.objectives['retain']
     images = jnp.asarray(ctx.data['retain']['image'][:BATCH] / 255.0,
                          jnp.float32)
     labels = jnp.asarray(ctx.data['retain']['label'][:BATCH])
@@ -268,7 +269,8 @@ class MethodBehaviourTest(parameterized.TestCase):
     teacher = objectives.Forward(ctx.engine.model, variables['params'],
                                  variables['batch_stats'], train=False)
     inputs = objectives.Inputs({'retain': (images, labels)}, jax.random.key(0),
-                               'sigmoid', {'original': teacher})
+                               'sigmoid', {'original': teacher},
+                               values=stage.values)
     prepared = distillation.prepare(student(), inputs)
     _, measured = distillation.loss(student(), inputs, prepared)
     student_logits = student()(images)
@@ -292,7 +294,7 @@ class MethodBehaviourTest(parameterized.TestCase):
     images = jnp.asarray(ctx.data['forget']['image'][:BATCH] / 255.0,
                          jnp.float32)
     inputs = objectives.Inputs({'forget': (images, None)}, jax.random.key(3),
-                               'softmax')
+                               'softmax', values={'noise_lr': 0.01})
     variables = sharding.member(original, 0)
 
     def noise(steps):

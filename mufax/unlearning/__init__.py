@@ -46,7 +46,7 @@ from mufax.unlearning.hparams import REFERENCE_SOURCE
 from mufax.unlearning.hparams import Hparams
 from mufax.unlearning.hparams import SGDHparams
 from mufax.unlearning.hparams import hparam
-from mufax.unlearning.hparams import optimizer_fields
+from mufax.unlearning.hparams import member_fields
 from mufax.unlearning.hparams import search_spaces_of
 from mufax.unlearning.finetune import RETAIN_LOSS
 
@@ -101,6 +101,6 @@ __all__ = ['ADAM', 'Choice', 'Context', 'FineTuneHparams', 'Forward',
            'Objective', 'PAPER_TABLE', 'REFERENCE_SOURCE', 'RETAIN_LOSS',
            'Row', 'SGD', 'SGDHparams', 'SGDMethod', 'Stage', 'TASK_OBJECTIVE',
            'Uniform', 'Unsupported', 'adam', 'check_config', 'full_batches',
-           'hparam', 'hparams_config', 'optimizer_fields', 'passes',
+           'hparam', 'hparams_config', 'member_fields', 'passes',
            'register', 'retain_driven', 'search_spaces_of', 'sgd', 'step_plan',
            'zipped']

@@ -131,10 +131,9 @@ def mixed_plan(n_forget: int, subset: np.ndarray, batch_size: int, *,
 
 @dataclasses.dataclass(frozen=True)
 class BadTeaching:
-  """The student's objective: per example, KL(teacher ‖ student) at
-  `temperature` against the teacher of the example's split (`TEACHERS`),
-  averaged over the step's examples."""
-  temperature: float
+  """The student's objective: per example, KL(teacher ‖ student) at the
+  member's value 'temperature' (`Inputs.value`) against the teacher of the
+  example's split (`TEACHERS`), averaged over the step's examples."""
   bernoulli: bool = False
 
   def prepare(self, forward, inputs):
@@ -143,8 +142,7 @@ class BadTeaching:
         inputs.teacher(inputs.images(name), TEACHERS[name]))
             for name in sorted(inputs.batches)}
 
-  def per_example_kl(self, teacher_logits, student_logits):
-    t = self.temperature
+  def per_example_kl(self, teacher_logits, student_logits, t):
     kl_fn = scrub.bernoulli_kl if self.bernoulli else scrub.softmax_kl
     return kl_fn(teacher_logits / t, student_logits / t)
 
@@ -153,7 +151,8 @@ class BadTeaching:
     # One forward pass: train-mode BatchNorm sees the mixed batch.
     logits = forward(jnp.concatenate([inputs.images(n) for n in names]))
     kl = self.per_example_kl(
-        jnp.concatenate([teacher_logits[n] for n in names]), logits)
+        jnp.concatenate([teacher_logits[n] for n in names]), logits,
+        inputs.value('temperature'))
     # Each split's mean KL (NaN where the step has none of it), so that
     # every step reports the same measurements.
     measured = {f'{name}_kl': jnp.float32(jnp.nan) for name in TEACHERS}
@@ -179,14 +178,14 @@ class BadTeachingHparams(hparams.SGDHparams):
       1e-4, source=_NOTEBOOK + ' (Adam, lr)', positive=True,
       search=search_spaces.LogUniform(1e-6, 1e-2),
       search_source='DeepUnlearn, munl/settings.py (log-uniform), two '
-      'decades lower for Adam', in_optimizer=True)
+      'decades lower for Adam', per_member=True)
   epochs: int = hparams.hparam(
       1, source=_NOTEBOOK + ' (epochs)', minimum=1, **search_spaces.EPOCHS)
   temperature: float = hparams.hparam(
       1.0, source=_NOTEBOOK + ' (KL_temperature)', positive=True,
       search=search_spaces.Uniform(0.5, 5.0),
       search_source='DeepUnlearn, munl/settings.py (temperature: uniform '
-      '0..5), from 0.5: 0 is degenerate')
+      '0..5), from 0.5: 0 is degenerate', per_member=True)
   # Fraction of retain the student sees (drawn once per member).
   retain_fraction: float = hparams.hparam(
       0.3, source=_NOTEBOOK.replace(' blindspot_unlearner call', '')
@@ -207,13 +206,13 @@ class BadTeachingMethod(core.SGDMethod):
     plan = mixed_plan(ctx.size('forget'), subset, hp.batch_size,
                       epochs=hp.epochs, seed=ctx.seed)
     objective = BadTeaching(
-        hp.temperature, bernoulli=ctx.task.loss_kind == 'sigmoid').objective()
+        bernoulli=ctx.task.loss_kind == 'sigmoid').objective()
     return [core.Stage(
         row='bad_teaching', plan=plans.step_plan('distil', plan),
         objectives={'distil': objective}, learning_rate=hp.lr,
         bn_train=ctx.bn_train(), epochs=hp.epochs,
         teachers=('original', 'incompetent'), optimizer='adam',
-        augment=False)]
+        augment=False, values={'temperature': hp.temperature})]
 
   def teachers(self, ctx, original):
     return {'original': original,

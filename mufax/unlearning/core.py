@@ -71,7 +71,7 @@ class Context:
   # `Hparams` (None or absent keeps the default).
   hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   # A sweep's: each member's own overrides, in place of `hparams`; members
-  # may differ only in `in_optimizer` fields.
+  # may differ only in `per_member` fields.
   member_hparams: tuple[Mapping[str, Any], ...] | None = None
   # Trains a protocol §4 population ('retrain', for `retrain`), or reuses its
   # checkpoint, and returns its row (`train.from_scratch`).
@@ -157,11 +157,16 @@ class Stage:
   # importances, measured on plain images as its reference does).
   augment: bool = True
   # Population-level hooks, run at the stage's start with (variables,
-  # measurements {name: sums}, rngs one key per member): `edit` returns the
-  # variables to start from (e.g. dampened or re-initialised weights);
-  # `gradient_scale` the params-shaped multipliers of `scaled_sgd`.
+  # measurements {name: sums}, rngs one key per member, values {name: float64
+  # [members]} of `values`): `edit` returns the variables to start from
+  # (e.g. dampened or re-initialised weights); `gradient_scale` the
+  # params-shaped multipliers of `scaled_sgd`.
   edit: Callable | None = None
   gradient_scale: Callable | None = None
+  # Values that the objectives (`Inputs.value`) and hooks read per member, by
+  # name: the members of a sweep's program may differ in these (and in the
+  # learning rate) alone, so none of them is compiled in.
+  values: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
   @property
   def measures(self) -> bool:
@@ -180,20 +185,25 @@ class Stage:
                else {})}
 
 
-def member_learning_rates(stages: typing.Sequence[Stage]) -> list | None:
-  """The members' learning rates of one stage where they differ (None where
-  they agree); members whose stages differ in anything else the engine
-  reads from the first are refused, as one program runs them all."""
+def member_settings(stages: typing.Sequence[Stage]
+                    ) -> tuple[list | None, dict[str, np.ndarray]]:
+  """(the members' learning rates of one stage where they differ, else
+  None; {value name: the members' values, float64 [members]}); members
+  whose stages differ in anything else the engine reads from the first are
+  refused, as one program runs them all."""
   first = dataclasses.replace(stages[0], learning_rate=0.0).settings()
   for stage in stages[1:]:
     if (dataclasses.replace(stage, learning_rate=0.0).settings() != first
-        or len(stage.plan) != len(stages[0].plan)):
+        or len(stage.plan) != len(stages[0].plan)
+        or set(stage.values) != set(stages[0].values)):
       raise ValueError(
           f'Stage {stages[0].name or stages[0].row!r}: members of one '
-          'program differ in more than the learning rate: '
+          'program differ in more than the learning rate and values: '
           f'{first} against {stage.settings()}.')
   rates = [stage.learning_rate for stage in stages]
-  return None if len(set(rates)) == 1 else rates
+  values = {name: np.asarray([float(s.values[name]) for s in stages])
+            for name in sorted(stages[0].values)}
+  return (None if len(set(rates)) == 1 else rates), values
 
 
 # --------------------------------------------------------------- methods
@@ -247,7 +257,7 @@ class SGDMethod(Method):
     return [s.row for s in self.stages(ctx.for_seed(ctx.seed)) if s.row]
 
   def _run_stage(self, ctx, stage, plan, variables, rngs, measurements,
-                 label, teachers, learning_rates=None):
+                 label, teachers, learning_rates, values):
     engine, population = ctx.engine, len(ctx.seeds)
     update_tx, make_tx = (optimizers.OPTIMIZERS
                           | gradient_sums.GRADIENT_SUMS)[stage.optimizer]
@@ -262,7 +272,7 @@ class SGDMethod(Method):
       state = optimizers.with_learning_rate(state, np.asarray(learning_rates))
     if stage.gradient_scale is not None:
       scale = engine.put_members(stage.gradient_scale(
-          state.variables, measurements, rngs), population)
+          state.variables, measurements, rngs, values), population)
       state = state.replace(opt_state=(optimizers.GradientScale(scale),)
                             + tuple(state.opt_state[1:]))
     cluster.log(
@@ -276,7 +286,7 @@ class SGDMethod(Method):
     state, result = engine.run(
         plan, updates, state, rngs,
         teachers={n: teachers[n] for n in stage.teachers} or None,
-        label=label)
+        values=values, label=label)
     cluster.log(f'  {label} done in {result.seconds:.1f} s '
                 f'(+{result.compile_seconds:.1f} s compiling), last '
                 f'loss {result.measured["loss"][-1].mean():.4f}')
@@ -304,21 +314,22 @@ class SGDMethod(Method):
         continue
       stage = stages[0]
       label = stage.row or stage.name or self.name
-      learning_rates = member_learning_rates(stages)
+      learning_rates, values = member_settings(stages)
       plan = plans.Plan.stack([s.plan for s in stages])
       rngs = jax.vmap(lambda s, i=index: jax.random.fold_in(
           jax.random.key(s), i))(np.asarray(ctx.seeds, np.int32))
       if stage.edit is not None:
         began = time.perf_counter()
         variables = jax.block_until_ready(stage.edit(
-            engine.put_members(variables, population), measurements, rngs))
+            engine.put_members(variables, population), measurements, rngs,
+            values))
         done['seconds'] += time.perf_counter() - began
       if len(plan):
         if stage.teachers and teachers is None:
           teachers = self.teachers(ctx, original)
         state, result = self._run_stage(ctx, stage, plan, variables, rngs,
                                         measurements, label, teachers,
-                                        learning_rates)
+                                        learning_rates, values)
         diverged = self._add_run(ctx, done, result, label)
         if diverged:
           later = [s.row for s in per_member[0][index:] if s.row]

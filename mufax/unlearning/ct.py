@@ -41,10 +41,10 @@ _SOURCE = ('Cadet, Gayet et al. 2024 (DeepUnlearn), github.com/xcadet/'
            'deepunlearn, munl/unlearning/kgltop5.py')
 
 
-def transpose_kernels(variables, measurements=None, rngs=None):
+def transpose_kernels(variables, measurements=None, rngs=None, values=None):
   """`edit`: a population's variables ([members, H, W, in, out] kernels)
   with every convolution kernel's H and W swapped; the rest as given."""
-  del measurements, rngs
+  del measurements, rngs, values
 
   def swap(path, x):
     if getattr(path[-1], 'key', None) == 'kernel' and np.ndim(x) == 5:

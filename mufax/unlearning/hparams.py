@@ -20,24 +20,26 @@ def hparam(default, *, source: str, minimum=None, maximum=None,
            positive: bool = False, choices=None,
            per_task: Mapping[str, Any] | None = None,
            search: search_spaces.SearchSpace | None = None,
-           search_source: str | None = None, in_optimizer: bool = False):
+           search_source: str | None = None, per_member: bool = False):
   """A hyperparameter field: its default, where that default comes from (a
   paper, a reference implementation, or mufax's choice), and the values it
   may take. Where the reference's value depends on the task, the default is
   None and `per_task` holds it for each task family (`tasks.FAMILIES`,
   `Hparams.for_task`). `search` is the range a sweep draws the field from
   (`mufax.search_spaces`), `search_source` where that range comes from;
-  without one, a sweep keeps the field at its default. `in_optimizer`: the
-  value reaches the model only as a stage's learning rate, which lives in
-  the optimizer state, so a sweep's candidates that differ in such fields
-  alone are members of one program."""
+  without one, a sweep keeps the field at its default. `per_member`: the
+  value reaches the model only as a stage's learning rate (which lives in
+  the optimizer state) or as one of its `values` (which the objectives and
+  hooks read per member), never as a shape, a plan or a constant compiled
+  in, so a sweep's candidates that differ in such fields alone are members
+  of one program."""
   if (search is None) != (search_source is None):
     raise ValueError('hparam: give search and search_source together.')
   return dataclasses.field(default=default, metadata={
       'source': source, 'minimum': minimum, 'maximum': maximum,
       'positive': positive, 'choices': choices, 'per_task': per_task,
       'search': search, 'search_source': search_source,
-      'in_optimizer': in_optimizer})
+      'per_member': per_member})
 
 
 def search_spaces_of(hparams_class) -> dict[str, search_spaces.SearchSpace]:
@@ -46,10 +48,10 @@ def search_spaces_of(hparams_class) -> dict[str, search_spaces.SearchSpace]:
       hparams_class) if f.metadata.get('search') is not None}
 
 
-def optimizer_fields(hparams_class) -> frozenset[str]:
-  """The fields declared `in_optimizer`."""
+def member_fields(hparams_class) -> frozenset[str]:
+  """The fields declared `per_member`."""
   return frozenset(f.name for f in dataclasses.fields(hparams_class)
-                   if f.metadata.get('in_optimizer'))
+                   if f.metadata.get('per_member'))
 
 
 def check_search_spaces(name: str, hparams_class) -> None:

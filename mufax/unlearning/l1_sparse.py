@@ -50,10 +50,9 @@ def l1_norm(params) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class RetainL1Loss:
   """Task loss on the retain batch + weight · Σ|w| of the model's parameters
-  (those that train and those held fixed alike). The weight is `alpha`, or
-  with `steps_per_epoch` the reference's alpha · (1 − e / epochs) in epoch
-  e (from 0)."""
-  alpha: float
+  (those that train and those held fixed alike). The weight is alpha, the
+  member's value 'alpha' (`Inputs.value`), or with `steps_per_epoch` the
+  reference's alpha · (1 − e / epochs) in epoch e (from 0)."""
   epochs: int = 1
   steps_per_epoch: int | None = None
 
@@ -61,10 +60,10 @@ class RetainL1Loss:
     del prepared
     task_loss = inputs.task_loss(inputs.logits(forward, 'retain'), 'retain')
     l1 = l1_norm(forward.params)
-    weight = self.alpha
+    weight = alpha = inputs.value('alpha')
     if self.steps_per_epoch:
       epoch = inputs.step // self.steps_per_epoch
-      weight = self.alpha * (1 - epoch / self.epochs)
+      weight = alpha * (1 - epoch / self.epochs)
     return task_loss + weight * l1, {'task_loss': task_loss, 'l1': l1,
                                      'alpha': jnp.asarray(weight, jnp.float32)}
 
@@ -85,7 +84,8 @@ class L1SparseHparams(hparams.SGDHparams):
   alpha: float = hparams.hparam(
       1e-4, source=_RUN + ' (--alpha 0.0001)', minimum=0.0,
       search=search_spaces.LogUniform(1e-5, 1e-3),
-      search_source='mufax: a decade either side of the reference\'s 1e-4')
+      search_source='mufax: a decade either side of the reference\'s 1e-4',
+      per_member=True)
   momentum: float = hparams.hparam(0.9, source=_ARGS + ' (--momentum)',
                                 minimum=0.0, maximum=0.999)
 
@@ -98,9 +98,10 @@ class L1Sparse(core.SGDMethod):
     hp = self.hparams(ctx)
     plan = plans.passes('retain', ctx.size('retain'), hp.batch_size,
                         epochs=hp.epochs, seed=ctx.seed)
-    loss = RetainL1Loss(hp.alpha, hp.epochs, len(plan) // hp.epochs)
+    loss = RetainL1Loss(hp.epochs, len(plan) // hp.epochs)
     return [core.Stage(row='l1_sparse', plan=plans.step_plan('retain', plan),
                        objectives={'retain': objectives.Objective(
                            loss, pads=True)},
                        learning_rate=hp.lr, bn_train=ctx.bn_train(),
-                       epochs=hp.epochs, momentum=hp.momentum)]
+                       epochs=hp.epochs, momentum=hp.momentum,
+                       values={'alpha': hp.alpha})]

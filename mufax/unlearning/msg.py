@@ -47,7 +47,6 @@ the default).
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -71,14 +70,27 @@ def is_conv_kernel(path, leaf) -> bool:
   return getattr(path[-1], 'key', None) == 'kernel' and np.ndim(leaf) == 4
 
 
-def small_gradient_mask(gradient: jax.Array, fraction: float) -> jax.Array:
-  """True on the `round(fraction * size)` elements of smallest |gradient|
+def small_gradient_mask(gradient: jax.Array, count) -> jax.Array:
+  """True on the `count` (it may be traced) elements of smallest |gradient|
   (one model's kernel; ties go to the lower flat index)."""
-  size = int(np.prod(gradient.shape))
-  count = round(fraction * size)
   flat = jnp.abs(gradient).reshape(-1)
-  chosen = jnp.argsort(flat, stable=True)[:count]
-  return jnp.zeros(size, bool).at[chosen].set(True).reshape(gradient.shape)
+  order = jnp.argsort(flat, stable=True)
+  return jnp.zeros(flat.size, bool).at[order].set(
+      jnp.arange(flat.size) < count).reshape(gradient.shape)
+
+
+def reinitialised_counts(gradients, fractions):
+  """Each member's {conv kernel: how many of its elements are re-drawn,
+  round(fraction * size) in float64 as the reference} (0 on every other
+  leaf), int32 [members], from a population's `gradients` and each
+  member's fraction."""
+
+  def counts(path, g):
+    one = jax.ShapeDtypeStruct(g.shape[1:], g.dtype)
+    size = int(np.prod(one.shape)) if is_conv_kernel(path, one) else 0
+    return np.asarray([round(float(f) * size) for f in fractions], np.int32)
+
+  return jax.tree_util.tree_map_with_path(counts, gradients)
 
 
 def conv_init_std(shape) -> float:
@@ -88,26 +100,27 @@ def conv_init_std(shape) -> float:
   return float(np.sqrt(2.0 / (np.prod(shape[:-2]) * shape[-1])))
 
 
-def _masks(measurements, fraction):
+def _masks(measurements, counts):
   """One model's {conv kernel: elements to re-initialise} (a False scalar
   on every other leaf), by the gradient Σ ∇(retain loss) − Σ ∇(forget
-  loss) of its `measurements`."""
+  loss) of its `measurements`, `counts` of each (`reinitialised_counts`)."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, r, f: (small_gradient_mask(r - f, fraction)
-                          if is_conv_kernel(path, r)
-                          else jnp.zeros((), bool)),
-      measurements['retain_gradients'], measurements['forget_gradients'])
+      lambda path, r, f, c: (small_gradient_mask(r - f, c)
+                             if is_conv_kernel(path, r)
+                             else jnp.zeros((), bool)),
+      measurements['retain_gradients'], measurements['forget_gradients'],
+      counts)
 
 
-@functools.partial(jax.jit, static_argnums=3)
-@functools.partial(jax.vmap, in_axes=(0, 0, 0, None))
-def _reinitialise(params, measurements, rng, fraction):
+@jax.jit
+@jax.vmap
+def _reinitialise(params, measurements, rng, counts):
   """One model's params with its masked conv elements drawn afresh from the
   layer's initialisation; one normal draw from `rng` serves every layer (a
   single random program, where a draw per layer shape would compile one
   each)."""
   leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-  masks = treedef.flatten_up_to(_masks(measurements, fraction))
+  masks = treedef.flatten_up_to(_masks(measurements, counts))
   convs = [i for i, (path, p) in enumerate(leaves) if is_conv_kernel(path, p)]
   normal = jax.random.normal(
       rng, (sum(leaves[i][1].size for i in convs),), jnp.float32)
@@ -121,13 +134,13 @@ def _reinitialise(params, measurements, rng, fraction):
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-@functools.partial(jax.vmap, in_axes=(0, None, None))
-def _scales(measurements, fraction, damping):
+@jax.jit
+@jax.vmap
+def _scales(measurements, counts, damping):
   return jax.tree_util.tree_map_with_path(
       lambda path, r, m: (jnp.where(m, 1.0, damping).astype(r.dtype)
                           if is_conv_kernel(path, r) else jnp.ones_like(r)),
-      measurements['retain_gradients'], _masks(measurements, fraction))
+      measurements['retain_gradients'], _masks(measurements, counts))
 
 
 def _gradient_sums(measurements):
@@ -135,19 +148,25 @@ def _gradient_sums(measurements):
           for name in ('retain_gradients', 'forget_gradients')}
 
 
-def reinitialise(variables, measurements, rngs, *, fraction: float):
+def reinitialise(variables, measurements, rngs, values):
   """`edit`: a population's variables with each member's small-gradient
-  convolution elements re-drawn from the convolutions' initialisation."""
+  convolution elements (its fraction `values['init_rate']`) re-drawn from
+  the convolutions' initialisation."""
+  sums = _gradient_sums(measurements)
   return {**variables, 'params': _reinitialise(
-      variables['params'], _gradient_sums(measurements), rngs, fraction)}
+      variables['params'], sums, rngs, reinitialised_counts(
+          sums['retain_gradients'], values['init_rate']))}
 
 
-def gradient_scales(variables, measurements, rngs, *, fraction: float,
-                    damping: float):
+def gradient_scales(variables, measurements, rngs, values):
   """`gradient_scale`: 1 on the re-initialised elements and on every
-  parameter but the convolutions', `damping` on the other conv elements."""
+  parameter but the convolutions', each member's
+  `values['kept_gradient_scale']` on the other conv elements."""
   del variables, rngs
-  return _scales(_gradient_sums(measurements), fraction, damping)
+  sums = _gradient_sums(measurements)
+  return _scales(sums, reinitialised_counts(sums['retain_gradients'],
+                                            values['init_rate']),
+                 np.asarray(values['kept_gradient_scale'], np.float32))
 
 
 def linear_annealing(lr: float, epochs: int) -> list[float]:
@@ -179,11 +198,11 @@ class MSGHparams(hparams.SGDHparams):
       0.3, source=_SOURCE + ', KGLTop2.ORIGINAL_INIT_RATE', minimum=0.0,
       maximum=1.0, search=search_spaces.Uniform(0.0, 1.0),
       search_source='DeepUnlearn, munl/unlearning/kgltop2.py (init_rate: '
-      'uniform 0..1)')
+      'uniform 0..1)', per_member=True)
   # Gradient multiplier of the conv elements kept.
   kept_gradient_scale: float = hparams.hparam(
       0.1, source=_SOURCE + ', re_init_model_snip_ver2_little_grad '
-      '(grad_mask[grad_mask == 0] += 0.1)', minimum=0.0)
+      '(grad_mask[grad_mask == 0] += 0.1)', minimum=0.0, per_member=True)
 
 
 def retain_subset_plan(n_retain: int, n_forget: int, batch_size: int, *,
@@ -217,9 +236,6 @@ class MSG(core.SGDMethod):
                        'forget', ctx.size('forget'), hp.batch_size, epochs=1,
                        seed=ctx.seed)), **measure),
     ]
-    scales = functools.partial(gradient_scales, fraction=hp.init_rate,
-                               damping=hp.kept_gradient_scale)
-    edit = functools.partial(reinitialise, fraction=hp.init_rate)
     for epoch, lr in enumerate(linear_annealing(hp.lr, hp.epochs)):
       last = epoch == hp.epochs - 1
       stages.append(core.Stage(
@@ -230,6 +246,8 @@ class MSG(core.SGDMethod):
               seed=ctx.seed, first_epoch=epoch)),
           objectives={'retain': finetune.RETAIN_LOSS}, learning_rate=lr,
           bn_train=bn_train, epochs=1, optimizer='scaled_sgd',
-          momentum=hp.momentum, edit=edit if epoch == 0 else None,
-          gradient_scale=scales, augment=False))
+          momentum=hp.momentum, edit=reinitialise if epoch == 0 else None,
+          gradient_scale=gradient_scales, augment=False,
+          values={'init_rate': hp.init_rate,
+                  'kept_gradient_scale': hp.kept_gradient_scale}))
     return stages

@@ -33,6 +33,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mufax import plans
 from mufax import search_spaces
@@ -55,16 +56,22 @@ SALIENCY = 'salun_forget_gradient'
 SALIENCY_OBJECTIVE = finetune.FORGET_LOSS
 
 
-def saliency_mask(gradient_sums, mask_ratio: float):
-  """1 on the int(N * mask_ratio) elements of largest |gradient| over the
-  whole tree (one model, no member axis), 0 elsewhere; same tree and
-  dtypes."""
+def mask_size(elements: int, mask_ratio: float) -> int:
+  """How many of a model's `elements` the mask keeps: int(N * mask_ratio),
+  in float64 as the reference."""
+  return int(elements * float(mask_ratio))
+
+
+def saliency_mask(gradient_sums, keep):
+  """1 on the `keep` (`mask_size`; it may be traced) elements of largest
+  |gradient| over the whole tree (one model, no member axis), 0 elsewhere;
+  same tree and dtypes."""
   leaves, treedef = jax.tree.flatten(gradient_sums)
   flat = jnp.concatenate([jnp.abs(x).ravel().astype(jnp.float32)
                           for x in leaves])
-  keep = int(flat.size * mask_ratio)
   order = jnp.argsort(-flat, stable=True)
-  chosen = jnp.zeros(flat.shape, jnp.bool_).at[order[:keep]].set(True)
+  chosen = jnp.zeros(flat.shape, jnp.bool_).at[order].set(
+      jnp.arange(flat.size) < keep)
   masks, start = [], 0
   for x in leaves:
     masks.append(chosen[start:start + x.size].reshape(x.shape).astype(
@@ -85,7 +92,8 @@ class SalUnHparams(random_labels.RandomLabelsHparams):
       0.5, source=_SOURCE + ' (--mask_path mask/with_0.5.pt)', positive=True,
       maximum=1.0, search=search_spaces.Uniform(0.1, 1.0),
       search_source='github.com/OPTML-Group/Unlearn-Saliency, '
-      'Classification/generate_mask.py (threshold_list 0.1..1.0)')
+      'Classification/generate_mask.py (threshold_list 0.1..1.0)',
+      per_member=True)
 
 
 @core.register('salun')
@@ -97,12 +105,15 @@ class SalUn(core.SGDMethod):
     saliency_plan = plans.passes('forget', ctx.size('forget'),
                                  hp.batch_size, epochs=1, seed=ctx.seed)
 
-    def gradient_scale(variables, measurements, rngs):
+    def gradient_scale(variables, measurements, rngs, values):
       del variables, rngs
+      sums = measurements[SALIENCY]
+      elements = sum(x.size // len(x) for x in jax.tree.leaves(sums))
+      keep = np.asarray([mask_size(elements, r)
+                         for r in values['mask_ratio']], np.int32)
       # One member at a time: a ResNet-18's sort is 11M elements each.
-      return jax.jit(lambda sums: jax.lax.map(
-          lambda g: saliency_mask(g, hp.mask_ratio), sums))(
-              measurements[SALIENCY])
+      return jax.jit(lambda sums, keep: jax.lax.map(
+          lambda member: saliency_mask(*member), (sums, keep)))(sums, keep)
 
     return [
         core.Stage(row=None, name=SALIENCY,
@@ -112,5 +123,6 @@ class SalUn(core.SGDMethod):
                    optimizer='gradient_sum'),
         random_labels.relabel_stage(
             ctx, 'salun', hp, optimizer='scaled_sgd',
-            name='salun_random_labels', gradient_scale=gradient_scale),
+            name='salun_random_labels', gradient_scale=gradient_scale,
+            values={'mask_ratio': hp.mask_ratio}),
     ]

@@ -44,14 +44,14 @@ def bernoulli_kl(teacher_logits, student_logits):
 
 @dataclasses.dataclass(frozen=True)
 class Distillation:
-  """T² · KL(softmax(t/T) ‖ softmax(s/T)), batch mean, as a step objective.
+  """T² · KL(softmax(t/T) ‖ softmax(s/T)), batch mean, as a step objective,
+  T the member's value 'temperature' (`Inputs.value`).
 
   `sign` +1 pulls the student to the teacher (retain, with the task loss);
   −1 pushes it away (forget, KL only).
   """
   split: str
   sign: int
-  temperature: float
   bernoulli: bool = False
 
   def prepare(self, forward, inputs):
@@ -59,7 +59,7 @@ class Distillation:
     return jax.lax.stop_gradient(inputs.teacher(inputs.images(self.split)))
 
   def loss(self, forward, inputs, teacher_logits):
-    t = self.temperature
+    t = inputs.value('temperature')
     logits = inputs.logits(forward, self.split)
     kl_fn = bernoulli_kl if self.bernoulli else softmax_kl
     kl = t * t * inputs.mean(kl_fn(teacher_logits / t, logits / t),
@@ -89,7 +89,7 @@ class SCRUBHparams(hparams.SGDHparams):
       4.0, source=hparams.REFERENCE_SOURCE, positive=True,
       search=search_spaces.Uniform(0.5, 8.0),
       search_source='SCRUB\'s notebooks (kd_T 2, 4, 8) and DeepUnlearn, '
-      'munl/settings.py (temperature: uniform 0..5)')
+      'munl/settings.py (temperature: uniform 0..5)', per_member=True)
 
 
 @core.register('scrub')
@@ -102,7 +102,7 @@ class SCRUB(core.SGDMethod):
     forget_pass = ctx.task.per_family(FORGET_PASS)
     bernoulli = ctx.task.loss_kind == 'sigmoid' and ctx.protocol == 'clean'
     by_step = {
-        name: Distillation(name, sign, hp.temperature, bernoulli).objective()
+        name: Distillation(name, sign, bernoulli).objective()
         for name, sign in (('retain', 1), ('forget', -1))}
     plan = []
     for epoch in range(epochs):
@@ -112,7 +112,8 @@ class SCRUB(core.SGDMethod):
             first_epoch=epoch))
     return [core.Stage(row='scrub', plan=plan, objectives=by_step,
                        learning_rate=lr, bn_train=True, epochs=epochs,
-                       teachers=('original',))]
+                       teachers=('original',),
+                       values={'temperature': hp.temperature})]
 
   def settings(self, ctx):
     return super().settings(ctx) | {

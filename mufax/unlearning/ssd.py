@@ -78,16 +78,21 @@ def plan_batches(splits: list[tuple[str, np.ndarray]],
   return plan
 
 
-def dampen(params, forget_importance, train_importance, *, alpha: float,
-           dampening: float):
+def dampen(params, forget_importance, train_importance, *, alpha, dampening):
   """SSD's edit of one tree (any leading axes): where forget importance
   exceeds alpha times train importance, the weight times min(1, lambda *
-  train / forget); elsewhere the weight itself, bit for bit."""
+  train / forget); elsewhere the weight itself, bit for bit. `alpha` and
+  `dampening` (lambda) are scalars, or one per member along the leading
+  axis."""
 
   def one(p, f, t):
-    selected = f > alpha * t
+    # A member's value against each of its elements.
+    spread = lambda v: jnp.reshape(v, jnp.shape(v) + (1,) * (
+        p.ndim - jnp.ndim(v)))
+    selected = f > spread(alpha) * t
     # Off the selection the ratio may be 0/0; `where` drops it.
-    factor = jnp.minimum((dampening * t) / jnp.where(selected, f, 1.0), 1.0)
+    factor = jnp.minimum(
+        (spread(dampening) * t) / jnp.where(selected, f, 1.0), 1.0)
     return jnp.where(selected, p * factor.astype(p.dtype), p)
 
   return jax.tree.map(one, params, forget_importance, train_importance)
@@ -107,12 +112,13 @@ class SSDHparams(hparams.SGDHparams):
       10.0, source=_SOURCE + ' (selection_weighting 10, ResNet-18)',
       positive=True, search=search_spaces.LogUniform(0.3, 30.0),
       search_source='mufax: around the paper\'s 5..50, down past MUFAC\'s '
-      '|D|/|f| = 6.6')
+      '|D|/|f| = 6.6', per_member=True)
   # Dampening constant lambda.
   dampening: float = hparams.hparam(
       1.0, source=_SOURCE + ' (dampening_constant 1, ResNet-18)',
       positive=True, search=search_spaces.LogUniform(0.1, 10.0),
-      search_source='mufax: around the paper\'s 1 and 0.1 (its face set)')
+      search_source='mufax: around the paper\'s 1 and 0.1 (its face set)',
+      per_member=True)
 
 
 @core.register('ssd')
@@ -129,13 +135,13 @@ class SSD(core.SGDMethod):
                               hp.batch_size)
     counts = {FORGET: len(forget_plan), TRAIN: len(train_plan)}
 
-    def edit(variables, measurements, rngs):
+    def edit(variables, measurements, rngs, values):
       del rngs
-      params = jax.jit(dampen, static_argnames=('alpha', 'dampening'))(
+      params = jax.jit(dampen)(
           variables['params'],
           jax.tree.map(lambda s: s / counts[FORGET], measurements[FORGET]),
           jax.tree.map(lambda s: s / counts[TRAIN], measurements[TRAIN]),
-          alpha=hp.alpha, dampening=hp.dampening)
+          alpha=values['alpha'], dampening=values['dampening'])
       return {**variables, 'params': params}
 
     def measure(name, plan):
@@ -148,4 +154,5 @@ class SSD(core.SGDMethod):
     return [measure(FORGET, forget_plan), measure(TRAIN, train_plan),
             core.Stage(row='ssd', plan=[], objectives={}, learning_rate=0.0,
                        bn_train=False, epochs=0, name='ssd_dampening',
-                       edit=edit)]
+                       edit=edit, values={'alpha': hp.alpha,
+                                          'dampening': hp.dampening})]

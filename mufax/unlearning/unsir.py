@@ -28,16 +28,17 @@ from mufax.unlearning import finetune
 
 @dataclasses.dataclass(frozen=True)
 class NoiseSynthesis:
-  """Error-maximising noise for the step's forget batch; a `prepare` hook."""
+  """Error-maximising noise for the step's forget batch; a `prepare` hook.
+  Its Adam's learning rate is the member's value 'noise_lr'
+  (`Inputs.value`)."""
   steps: int = 5
-  learning_rate: float = 0.01
 
   def __call__(self, forward: objectives.Forward,
                inputs: objectives.Inputs) -> jax.Array:
     forget = inputs.images('forget')
     target = jax.lax.stop_gradient(forward(forget))
     noise = jax.random.normal(inputs.rng, forget.shape, jnp.float32)
-    adam = optax.adam(self.learning_rate)
+    adam = optax.adam(inputs.value('noise_lr'))
 
     def negative_mse(noise, batch_stats):
       logits, batch_stats = forward.apply(batch_stats, noise)
@@ -92,7 +93,7 @@ class UNSIRHparams(hparams.SGDHparams):
   noise_lr: float = hparams.hparam(
       0.01, source=hparams.REFERENCE_SOURCE, positive=True,
       search=search_spaces.LogUniform(1e-3, 1.0),
-      search_source=_SEARCH_SOURCE)
+      search_source=_SEARCH_SOURCE, per_member=True)
 
 
 @core.register('unsir')
@@ -101,15 +102,15 @@ class UNSIR(core.SGDMethod):
 
   def stages(self, ctx):
     hp = self.hparams(ctx)
-    impair = objectives.Objective(impair_loss, prepare=NoiseSynthesis(
-        hp.noise_steps, hp.noise_lr))
+    impair = objectives.Objective(impair_loss,
+                                  prepare=NoiseSynthesis(hp.noise_steps))
     plan = plans.zipped(ctx.size('retain'), ctx.size('forget'),
                         hp.batch_size, epochs=hp.epochs, seed=ctx.seed)
     return [
         core.Stage(row='unsir_stage1', plan=plans.step_plan('impair', plan),
                    objectives={'impair': impair}, learning_rate=hp.lr,
                    bn_train=ctx.bn_train(reference_eval=True),
-                   epochs=hp.epochs),
+                   epochs=hp.epochs, values={'noise_lr': hp.noise_lr}),
         finetune.retain_stage(ctx, 'unsir_stage2', learning_rate=hp.lr,
                               epochs=hp.repair_epochs,
                               batch_size=hp.batch_size, reference_eval=True),
