@@ -114,9 +114,8 @@ class Programs:
   def population_step(self, update: objectives.Update, mesh: Mesh) -> Callable:
     """The jitted step of a population, batches gathered inside: `(state,
     data, indices, rngs, teachers, values) -> (state, measurements)`.
-    Jitted so that
-    its trace is cached: a run traces it for the shapes of the
-    measurements, and the compiled loop then reuses that trace."""
+    Jitted so that its trace is cached: a run traces it for the shapes of
+    the measurements, and the compiled loop then reuses that trace."""
 
     def build():
       member_batch = self.member_batch(mesh, update.augment)
@@ -149,8 +148,7 @@ class Programs:
   def update_loop(self, update: objectives.Update, mesh: Mesh) -> Callable:
     """The `loop` executor's jitted loop `(state, measured, data, group
     arrays, rngs, teachers, values, start, stop) -> (state, measured)` over
-    steps
-    start..stop of a group, batches gathered inside."""
+    steps start..stop of a group, batches gathered inside."""
     return self._cached(('loop', update, mesh.devices.shape),
                         lambda: self._update_loop(update, mesh))
 
